@@ -1,0 +1,46 @@
+"""lir_agent: late-interaction (ColBERT-style, MaxSim) retrieval for agents.
+
+The public API::
+
+    from lir_agent import Encoder, Index
+
+    index = Index.create("my-index")                  # bundled all-MiniLM-L6-v2 encoder
+    index.add([{"id": "a", "text": "...", "metadata": {"year": 2020}}])
+    hits = index.search("a question", k=5, filter={"year": {"$gte": 2019}})
+"""
+
+from .encoder import DEFAULT_MODEL, Encoder, EncoderSettings
+from .errors import (
+    DocumentNotFoundError,
+    DuplicateIdError,
+    EncoderMismatchError,
+    IndexCorruptedError,
+    InvalidInputError,
+    LIRError,
+    NotAnIndexError,
+)
+from .filters import Filter
+from .index import Document, Index, SearchHit
+from .maxsim import maxsim_topk
+from .packed import PackedEmbeddings
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "Document",
+    "DocumentNotFoundError",
+    "DuplicateIdError",
+    "Encoder",
+    "EncoderMismatchError",
+    "EncoderSettings",
+    "Filter",
+    "Index",
+    "IndexCorruptedError",
+    "InvalidInputError",
+    "LIRError",
+    "NotAnIndexError",
+    "PackedEmbeddings",
+    "SearchHit",
+    "maxsim_topk",
+]

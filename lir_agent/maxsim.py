@@ -1,0 +1,117 @@
+"""Exact MaxSim over packed variable-length documents, chunked, with a running top-k.
+
+The score of document ``d`` for query ``q`` is ``sum_i max_j <q_i, d_j>``. Documents are stored
+packed (one ``(total_tokens, dim)`` matrix plus offsets), so no work is spent on padding. For
+each chunk of whole documents we compute one matrix product ``chunk @ Q^T`` for the whole query
+batch, take the max over each document's rows with ``segment_reduce``, sum over query tokens,
+and merge into a running top-k. Memory stays bounded by ``max_chunk_bytes`` whatever the corpus
+size. The same code runs on CPU (float32 compute) and CUDA (float16 compute).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+DEFAULT_CHUNK_BYTES = 32 * 2**20
+
+
+def pad_queries(queries: list[torch.Tensor], dim: int) -> torch.Tensor:
+    """Stacks variable-length query matrices into (batch, max_len, dim), padding with zero rows.
+
+    A zero query row scores 0 against every document, so padding never changes a score.
+    """
+    width = max(q.shape[0] for q in queries)
+    out = torch.zeros(len(queries), width, dim, dtype=torch.float32)
+    for i, q in enumerate(queries):
+        out[i, : q.shape[0]] = torch.as_tensor(q, dtype=torch.float32)
+    return out
+
+
+def _chunk_bounds(offsets: np.ndarray, chunk_tokens: int) -> list[tuple[int, int]]:
+    """Splits documents into consecutive runs of about chunk_tokens tokens (at least one doc)."""
+    bounds, n, start = [], len(offsets) - 1, 0
+    while start < n:
+        end = int(np.searchsorted(offsets, offsets[start] + chunk_tokens, side="right")) - 1
+        end = min(max(end, start + 1), n)
+        bounds.append((start, end))
+        start = end
+    return bounds
+
+
+def maxsim_topk(
+    queries: torch.Tensor,
+    doc_tokens: torch.Tensor,
+    doc_offsets: torch.Tensor | np.ndarray,
+    k: int,
+    doc_mask: torch.Tensor | np.ndarray | None = None,
+    device: str | torch.device | None = None,
+    max_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k documents by exact MaxSim for each query.
+
+    Args:
+        queries: (batch, query_tokens, dim), zero rows for padding.
+        doc_tokens: (total_tokens, dim) packed document tokens, any float dtype, CPU or CUDA
+            (a read-only memory map wrapped as a tensor works).
+        doc_offsets: (n_docs + 1,) token offsets, ``doc_offsets[0] == 0``.
+        k: number of results per query; fewer when fewer documents are eligible.
+        doc_mask: optional (n_docs,) bool, True where a document may be returned.
+        device: where to compute; defaults to the device of ``doc_tokens``.
+
+    Returns:
+        (scores, indices), both (batch, k'), sorted by descending score; k' = min(k, eligible).
+    """
+    offsets = np.asarray(torch.as_tensor(doc_offsets).cpu(), dtype=np.int64)
+    n_docs = len(offsets) - 1
+    device = torch.device(device) if device is not None else doc_tokens.device
+    compute_dtype = torch.float16 if device.type == "cuda" else torch.float32
+    batch, query_len, dim = queries.shape
+    if doc_mask is not None:
+        mask = np.asarray(torch.as_tensor(doc_mask).cpu(), dtype=bool)
+        eligible = np.flatnonzero(mask)
+        if len(eligible) < n_docs // 4:
+            return _maxsim_subset(queries, doc_tokens, offsets, eligible, k, device, max_chunk_bytes)
+    else:
+        mask = None
+    flat_queries = queries.reshape(batch * query_len, dim).to(device=device, dtype=compute_dtype).T.contiguous()
+
+    best_scores = torch.empty(batch, 0, device=device, dtype=torch.float32)
+    best_ids = torch.empty(batch, 0, device=device, dtype=torch.int64)
+    bytes_per_token = batch * query_len * (4 if compute_dtype == torch.float32 else 2)
+    chunk_tokens = max(256, max_chunk_bytes // max(bytes_per_token, 1))
+    for start, end in _chunk_bounds(offsets, chunk_tokens):
+        chunk_mask = None if mask is None else torch.from_numpy(mask[start:end]).to(device)
+        if chunk_mask is not None and not bool(chunk_mask.any()):
+            continue
+        token_start, token_end = int(offsets[start]), int(offsets[end])
+        chunk = doc_tokens[token_start:token_end].to(device=device, dtype=compute_dtype)
+        similarities = chunk @ flat_queries  # (chunk_tokens, batch * query_len)
+        lengths = torch.from_numpy(np.diff(offsets[start : end + 1])).to(device)
+        per_doc = torch.segment_reduce(similarities, "max", lengths=lengths, axis=0)
+        scores = per_doc.view(end - start, batch, query_len).float().sum(dim=2).T  # (batch, docs)
+        if chunk_mask is not None:
+            scores = scores.masked_fill(~chunk_mask, float("-inf"))
+        ids = torch.arange(start, end, device=device).expand(batch, -1)
+        merged_scores = torch.cat([best_scores, scores], dim=1)
+        merged_ids = torch.cat([best_ids, ids], dim=1)
+        keep = min(k, merged_scores.shape[1])
+        best_scores, top = merged_scores.topk(keep, dim=1)
+        best_ids = merged_ids.gather(1, top)
+    if mask is not None:  # drop masked documents that filled the list when too few were eligible
+        eligible_count = int(mask.sum())
+        best_scores, best_ids = best_scores[:, :eligible_count], best_ids[:, :eligible_count]
+    return best_scores, best_ids
+
+
+def _maxsim_subset(queries, doc_tokens, offsets, eligible, k, device, max_chunk_bytes):
+    """Selective filters: gather the eligible documents' tokens and score only those."""
+    if len(eligible) == 0:
+        empty = torch.empty(queries.shape[0], 0, device=device)
+        return empty, empty.long()
+    lengths = offsets[eligible + 1] - offsets[eligible]
+    rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in eligible])
+    sub_tokens = doc_tokens[torch.from_numpy(rows).to(doc_tokens.device)]
+    sub_offsets = np.concatenate([[0], np.cumsum(lengths)])
+    scores, local = maxsim_topk(queries, sub_tokens, sub_offsets, k, None, device, max_chunk_bytes)
+    return scores, torch.from_numpy(eligible).to(local.device)[local]
