@@ -25,7 +25,7 @@ from .errors import (
     LIRError,
 )
 from .filters import Filter, compile_filter
-from .maxsim import maxsim_topk, pad_queries
+from .maxsim import maxsim_topk
 
 MAX_K = 100_000
 MAX_SEGMENTS = 32  # above this many segments a write also compacts
@@ -256,7 +256,6 @@ class Index:
             return []
         matrices = self._query_matrices(queries)
         predicate = compile_filter(filter)
-        padded = pad_queries(matrices, self.dim)
         all_scores, all_refs = [], []
         for s, segment in enumerate(self._segments):
             eligible = ~segment.deleted
@@ -264,7 +263,7 @@ class Index:
                 eligible &= np.fromiter((predicate(d.metadata) for d in segment.documents), bool, len(segment.documents))
             if not eligible.any():
                 continue
-            scores, rows = maxsim_topk(padded, segment.tokens, segment.offsets, k,
+            scores, rows = maxsim_topk(matrices, segment.tokens, segment.offsets, k,
                                        doc_mask=None if eligible.all() else eligible, device=self.device)
             all_scores.append(scores.cpu())
             all_refs.append(rows.cpu() + (s << 40))  # segment number in the high bits

@@ -1,31 +1,22 @@
 """Exact MaxSim over packed variable-length documents, chunked, with a running top-k.
 
 The score of document ``d`` for query ``q`` is ``sum_i max_j <q_i, d_j>``. Documents are stored
-packed (one ``(total_tokens, dim)`` matrix plus offsets), so no work is spent on padding. For
-each chunk of whole documents we compute one matrix product ``chunk @ Q^T`` for the whole query
-batch, take the max over each document's rows with ``segment_reduce``, sum over query tokens,
-and merge into a running top-k. Memory stays bounded by ``max_chunk_bytes`` whatever the corpus
+packed (one ``(total_tokens, dim)`` matrix plus offsets) and the query batch is packed the same
+way, so no work is spent on padding on either side. For each chunk of whole documents we compute
+one matrix product for all query tokens of the batch, take the max over each document's tokens
+(a segmented max), sum each query's tokens with a small 0/1 matrix product, and merge into a
+running top-k. Memory stays bounded by ``max_chunk_bytes`` whatever the corpus
 size. The same code runs on CPU (float32 compute) and CUDA (float16 compute).
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
-DEFAULT_CHUNK_BYTES = 32 * 2**20
-
-
-def pad_queries(queries: list[torch.Tensor], dim: int) -> torch.Tensor:
-    """Stacks variable-length query matrices into (batch, max_len, dim), padding with zero rows.
-
-    A zero query row scores 0 against every document, so padding never changes a score.
-    """
-    width = max(q.shape[0] for q in queries)
-    out = torch.zeros(len(queries), width, dim, dtype=torch.float32)
-    for i, q in enumerate(queries):
-        out[i, : q.shape[0]] = torch.as_tensor(q, dtype=torch.float32)
-    return out
+DEFAULT_CHUNK_BYTES = 16 * 2**20
 
 
 def _chunk_bounds(offsets: np.ndarray, chunk_tokens: int) -> list[tuple[int, int]]:
@@ -39,8 +30,22 @@ def _chunk_bounds(offsets: np.ndarray, chunk_tokens: int) -> list[tuple[int, int
     return bounds
 
 
+def _max_per_document(query_tokens: torch.Tensor, chunk: torch.Tensor, offsets: np.ndarray) -> torch.Tensor:
+    """(query tokens, documents): for each query token, its best similarity within each document.
+
+    On CPU the similarities are laid out (query tokens, doc tokens) so each document is a
+    contiguous run of every row, which numpy's ``maximum.reduceat`` reduces at memory speed; on
+    CUDA ``segment_reduce`` does the same over the transposed product.
+    """
+    if chunk.device.type == "cpu":
+        similarities = (query_tokens @ chunk.T).numpy()
+        return torch.from_numpy(np.maximum.reduceat(similarities, offsets[:-1], axis=1))
+    lengths = torch.from_numpy(np.diff(offsets)).to(chunk.device)
+    return torch.segment_reduce(chunk @ query_tokens.T, "max", lengths=lengths, axis=0).T
+
+
 def maxsim_topk(
-    queries: torch.Tensor,
+    queries: Sequence[torch.Tensor],
     doc_tokens: torch.Tensor,
     doc_offsets: torch.Tensor | np.ndarray,
     k: int,
@@ -51,7 +56,7 @@ def maxsim_topk(
     """Top-k documents by exact MaxSim for each query.
 
     Args:
-        queries: (batch, query_tokens, dim), zero rows for padding.
+        queries: one (query_tokens, dim) matrix per query; lengths may differ.
         doc_tokens: (total_tokens, dim) packed document tokens, any float dtype, CPU or CUDA
             (a read-only memory map wrapped as a tensor works).
         doc_offsets: (n_docs + 1,) token offsets, ``doc_offsets[0] == 0``.
@@ -66,7 +71,7 @@ def maxsim_topk(
     n_docs = len(offsets) - 1
     device = torch.device(device) if device is not None else doc_tokens.device
     compute_dtype = torch.float16 if device.type == "cuda" else torch.float32
-    batch, query_len, dim = queries.shape
+    batch = len(queries)
     if doc_mask is not None:
         mask = np.asarray(torch.as_tensor(doc_mask).cpu(), dtype=bool)
         eligible = np.flatnonzero(mask)
@@ -74,22 +79,23 @@ def maxsim_topk(
             return _maxsim_subset(queries, doc_tokens, offsets, eligible, k, device, max_chunk_bytes)
     else:
         mask = None
-    flat_queries = queries.reshape(batch * query_len, dim).to(device=device, dtype=compute_dtype).T.contiguous()
+    query_lengths = [int(q.shape[0]) for q in queries]
+    query_tokens = torch.cat([torch.as_tensor(q) for q in queries]).to(device=device, dtype=compute_dtype)
+    # (batch, query tokens) 0/1 matrix: row b sums the tokens of query b
+    owner = torch.repeat_interleave(torch.arange(batch), torch.tensor(query_lengths))
+    query_of_token = torch.nn.functional.one_hot(owner, batch).T.to(device=device, dtype=torch.float32)
 
     best_scores = torch.empty(batch, 0, device=device, dtype=torch.float32)
     best_ids = torch.empty(batch, 0, device=device, dtype=torch.int64)
-    bytes_per_token = batch * query_len * (4 if compute_dtype == torch.float32 else 2)
+    bytes_per_token = sum(query_lengths) * (4 if compute_dtype == torch.float32 else 2)
     chunk_tokens = max(256, max_chunk_bytes // max(bytes_per_token, 1))
     for start, end in _chunk_bounds(offsets, chunk_tokens):
         chunk_mask = None if mask is None else torch.from_numpy(mask[start:end]).to(device)
         if chunk_mask is not None and not bool(chunk_mask.any()):
             continue
-        token_start, token_end = int(offsets[start]), int(offsets[end])
-        chunk = doc_tokens[token_start:token_end].to(device=device, dtype=compute_dtype)
-        similarities = chunk @ flat_queries  # (chunk_tokens, batch * query_len)
-        lengths = torch.from_numpy(np.diff(offsets[start : end + 1])).to(device)
-        per_doc = torch.segment_reduce(similarities, "max", lengths=lengths, axis=0)
-        scores = per_doc.view(end - start, batch, query_len).float().sum(dim=2).T  # (batch, docs)
+        chunk = doc_tokens[int(offsets[start]) : int(offsets[end])].to(device=device, dtype=compute_dtype)
+        per_doc = _max_per_document(query_tokens, chunk, offsets[start : end + 1] - offsets[start])
+        scores = query_of_token @ per_doc.float()  # (batch, docs)
         if chunk_mask is not None:
             scores = scores.masked_fill(~chunk_mask, float("-inf"))
         ids = torch.arange(start, end, device=device).expand(batch, -1)
@@ -107,7 +113,7 @@ def maxsim_topk(
 def _maxsim_subset(queries, doc_tokens, offsets, eligible, k, device, max_chunk_bytes):
     """Selective filters: gather the eligible documents' tokens and score only those."""
     if len(eligible) == 0:
-        empty = torch.empty(queries.shape[0], 0, device=device)
+        empty = torch.empty(len(queries), 0, device=device)
         return empty, empty.long()
     lengths = offsets[eligible + 1] - offsets[eligible]
     rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in eligible])

@@ -1,0 +1,166 @@
+"""The ``lir-agent`` command line: index, search, info, eval."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from itertools import islice
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tqdm.auto import tqdm
+
+from .corpus import read_documents
+from .encoder import Encoder
+from .errors import LIRError, NotAnIndexError
+from .eval import DEFAULT_METRICS, evaluate, load_beir
+from .index import Index
+
+ADD_CHUNK = 2048  # documents per write while indexing a collection
+
+
+def _batched(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def index_collection(index: Index, documents: Iterable[dict], upsert: bool = False,
+                     batch_size: int = 32, total: int | None = None) -> int:
+    """Adds a stream of documents in chunks, with one progress bar over documents."""
+    added = 0
+    with tqdm(total=total, desc="indexing", unit="doc", disable=None) as progress:
+        for chunk in _batched(documents, ADD_CHUNK):
+            index.add(chunk, upsert=upsert, batch_size=batch_size, show_progress=False)
+            added += len(chunk)
+            progress.update(len(chunk))
+    return added
+
+
+def _open_or_create(directory: str, encoder_name: str | None) -> Index:
+    try:
+        return Index.open(directory, encoder=encoder_name)
+    except NotAnIndexError:
+        return Index.create(directory, encoder=encoder_name)
+
+
+def cmd_index(args: argparse.Namespace) -> None:
+    index = _open_or_create(args.index, args.encoder)
+    start = time.perf_counter()
+    added = index_collection(index, read_documents(args.path), upsert=args.upsert, batch_size=args.batch_size)
+    if args.compact:
+        index.compact()
+    print(f"indexed {added} documents into {args.index} in {time.perf_counter() - start:.1f}s "
+          f"({len(index)} documents in all)")
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    index = Index.open(args.index)
+    hits = index.search(args.query, k=args.k, filter=json.loads(args.filter) if args.filter else None)
+    if args.json:
+        print(json.dumps([hit.__dict__ for hit in hits], ensure_ascii=False, indent=1))
+        return
+    width = max([len(h.id) for h in hits] + [2])
+    print(f"{'rank':>4}  {'score':>8}  {'id':<{width}}  text")
+    for hit in hits:
+        text = " ".join(hit.text.split())
+        print(f"{hit.rank:>4}  {hit.score:8.4f}  {hit.id:<{width}}  {text[:100]}")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    index = Index.open(args.index)
+    if args.verify:
+        index.verify()
+    info = index.info()
+    if args.verify:
+        info["verified"] = True
+    print(json.dumps(info, indent=1))
+
+
+def _eval_cache_dir(dataset_dir: Path, encoder_name: str, index_type: str, cache_root: Path) -> Path:
+    corpus = (dataset_dir / "corpus.jsonl").stat()
+    key = json.dumps([str(dataset_dir.resolve()), corpus.st_size, corpus.st_mtime_ns, encoder_name, index_type])
+    return cache_root / f"{dataset_dir.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    dataset_dir = Path(args.dataset)
+    dataset = load_beir(dataset_dir, split=args.split)
+    encoder_name = args.encoder or "default"
+    cache_root = Path(args.cache_dir or os.environ.get("LIR_AGENT_CACHE", Path.home() / ".cache" / "lir_agent" / "eval"))
+    cache = _eval_cache_dir(dataset_dir, encoder_name, args.index_type, cache_root)
+    index = None
+    if cache.exists():
+        try:
+            index = Index.open(cache)
+            if len(index) != len(dataset.corpus):
+                index = None
+        except LIRError:
+            index = None
+        if index is None:
+            shutil.rmtree(cache)
+    if index is None:
+        index = Index.create(cache, encoder=Encoder.from_pretrained(encoder_name))
+        index_collection(index, dataset.corpus, batch_size=args.batch_size, total=len(dataset.corpus))
+        index.compact()
+    else:
+        print(f"using the cached index {cache}", file=sys.stderr)
+    for name, value in evaluate(index, dataset, metrics=args.metrics).items():
+        print(f"{name} {value:.4f}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lir-agent", description="Late-interaction retrieval for agents")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("index", help="index a JSONL file or a folder of .txt/.md files")
+    p.add_argument("path", help="JSONL of {_id|id, text, title?, metadata?} records, or a folder")
+    p.add_argument("--index", required=True, help="index directory (created if absent)")
+    p.add_argument("--encoder", help="model name or path (default: bundled all-MiniLM-L6-v2)")
+    p.add_argument("--upsert", action="store_true", help="replace documents whose ids exist")
+    p.add_argument("--compact", action="store_true", help="merge segments when done")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_index)
+
+    p = commands.add_parser("search", help="search an index")
+    p.add_argument("index")
+    p.add_argument("query")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--filter", help='metadata filter as JSON, e.g. \'{"year": {"$gte": 2020}}\'')
+    p.add_argument("--json", action="store_true", help="print hits as JSON")
+    p.set_defaults(func=cmd_search)
+
+    p = commands.add_parser("info", help="describe an index")
+    p.add_argument("index")
+    p.add_argument("--verify", action="store_true", help="hash every file against the manifest")
+    p.set_defaults(func=cmd_info)
+
+    p = commands.add_parser("eval", help="index a BEIR folder (cached) and score its judged queries")
+    p.add_argument("dataset")
+    p.add_argument("--index-type", choices=["exact"], default="exact")
+    p.add_argument("--encoder", help="model name or path (default: bundled all-MiniLM-L6-v2)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
+    p.add_argument("--cache-dir", help="where built indexes are kept between runs")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (LIRError, json.JSONDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

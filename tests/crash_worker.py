@@ -1,0 +1,48 @@
+"""Child process for test_crash_safety: applies a fixed sequence of writes to an index until killed."""
+
+import sys
+
+import torch
+
+from lir_agent import Index
+
+DIM = 384
+DOCS_PER_ADD = 40
+
+
+def operations(count: int):
+    """The deterministic write sequence: ("add", docs), ("upsert", docs), ("delete", ids), ("compact",)."""
+    ops = []
+    for j in range(count):
+        if j % 4 == 3:
+            ops.append(("delete", [f"d{j - 1}-{i}" for i in range(0, DOCS_PER_ADD, 3)]))
+        elif j % 5 == 4:
+            ops.append(("compact",))
+        elif j % 7 == 6:
+            ops.append(("upsert", [(f"d{j - 2}-{i}", f"new text {j}-{i}", 10_000 + j * 100 + i) for i in range(10)]))
+        else:
+            ops.append(("add", [(f"d{j}-{i}", f"text {j}-{i}", j * 100 + i) for i in range(DOCS_PER_ADD)]))
+    return ops
+
+
+def embedding(seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(20 + seed % 30, DIM, generator=g), dim=1)
+
+
+def apply(index: Index, op) -> None:
+    if op[0] in ("add", "upsert"):
+        docs = [{"id": i, "text": t} for i, t, _ in op[1]]
+        index.add(docs, embeddings=[embedding(s) for _, _, s in op[1]], upsert=op[0] == "upsert")
+    elif op[0] == "delete":
+        index.delete(op[1], missing_ok=True)
+    else:
+        index.compact()
+
+
+if __name__ == "__main__":
+    index = Index.open(sys.argv[1])
+    print("ready", flush=True)
+    for op in operations(int(sys.argv[2])):
+        apply(index, op)
+    print("done", flush=True)
