@@ -43,8 +43,10 @@ def matmul_gflops(m: int, k: int, n: int, device: str, dtype: torch.dtype, repea
 
 def make_corpus(num_tokens: int, dim: int, device: str, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(50, 301, (num_tokens // 150 + 10,), generator=g)
-    lengths = lengths[: int((lengths.cumsum(0) <= num_tokens).sum())]
+    lengths = torch.randint(50, 301, (num_tokens // 50 + 1,), generator=g)
+    count = int((lengths.cumsum(0) < num_tokens).sum()) + 1
+    lengths = lengths[:count]
+    lengths[-1] -= int(lengths.sum()) - num_tokens  # exactly num_tokens tokens
     offsets = torch.zeros(len(lengths) + 1, dtype=torch.int64)
     torch.cumsum(lengths, 0, out=offsets[1:])
     tokens = torch.nn.functional.normalize(torch.randn(int(offsets[-1]), dim, generator=g), dim=1).half().to(device)

@@ -267,7 +267,7 @@ class Encoder:
         checkpoint = _READERS[checkpoint_format](directory)
         device = device or default_device()
         if checkpoint.backbone_state is None:
-            model = AutoModel.from_pretrained(checkpoint.backbone_dir, dtype=torch.float32)
+            model = _quietly(AutoModel.from_pretrained, checkpoint.backbone_dir, dtype=torch.float32)
         else:
             from transformers import AutoConfig
 
@@ -298,15 +298,14 @@ class Encoder:
 
     @classmethod
     def from_settings(cls, settings: EncoderSettings, device: str | None = None) -> "Encoder":
-        """Reloads the encoder an index was built with, and checks it still is that encoder."""
-        encoder = cls.from_pretrained(
+        """Reloads the encoder an index was built with (compare ``settings`` to be sure it still is)."""
+        return cls.from_pretrained(
             settings.model,
             device=device,
             query_length=settings.query_length,
             document_length=settings.document_length,
             format=settings.format,
         )
-        return encoder
 
     @property
     def dim(self) -> int:
@@ -392,6 +391,19 @@ class Encoder:
             keep = real & ~torch.isin(input_ids, self._skip_ids)
         states = states.to(dtype=torch.float16, device="cpu")
         return [states[row][keep[row]] for row in range(len(batch))]
+
+
+def _quietly(load, *args, **kwargs):
+    """Calls a transformers loader without its per-weight progress bar."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return load(*args, **kwargs)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _fingerprint(model: torch.nn.Module, projection: Sequence[torch.nn.Linear]) -> str:
