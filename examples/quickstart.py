@@ -24,21 +24,30 @@ QUERIES = [
 ]
 
 
+DEFAULT_INDEX = HERE / "quickstart-index"
+
+
+def open_or_build(directory: str | Path = DEFAULT_INDEX, limit: int | None = None) -> Index:
+    """Opens the sample index, building it from the shipped corpus on first use."""
+    try:
+        index = Index.open(directory)
+        print(f"opened {directory}: {len(index)} documents")
+    except NotAnIndexError:
+        documents = list(read_documents(CORPUS))[:limit]
+        start = time.perf_counter()
+        index = Index.create(directory)
+        index.add(documents, show_progress=True)
+        print(f"indexed {len(index)} paragraphs in {time.perf_counter() - start:.1f}s into {directory}")
+    return index
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--index", default=str(HERE / "quickstart-index"))
+    parser.add_argument("--index", default=str(DEFAULT_INDEX))
     parser.add_argument("--limit", type=int, help="index only the first N paragraphs")
     args = parser.parse_args()
 
-    try:
-        index = Index.open(args.index)
-        print(f"opened {args.index}: {len(index)} documents")
-    except NotAnIndexError:
-        documents = list(read_documents(CORPUS))[: args.limit]
-        start = time.perf_counter()
-        index = Index.create(args.index)
-        index.add(documents, show_progress=True)
-        print(f"indexed {len(index)} paragraphs in {time.perf_counter() - start:.1f}s into {args.index}")
+    index = open_or_build(args.index, args.limit)
 
     for query in QUERIES:
         print(f"\n> {query}")

@@ -6,7 +6,7 @@ import pytest
 
 from lir_agent.cli import main
 
-from conftest import DATA, needs
+from helpers import DATA, needs
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel, BertTokenizer
 from lir_agent import Encoder, PackedEmbeddings
 from lir_agent.encoder import detect_format, resolve_model_path
 
-from conftest import MODELS, needs
+from helpers import MODELS, needs
 
 PYLATE_PARTIAL = MODELS / "answerai-colbert-small-v1-partial"
 TEXTS = ["What is the capital of France?", "Cells divide; DNA replicates, (mostly) faithfully!",

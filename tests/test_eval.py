@@ -9,7 +9,7 @@ from ir_measures import RR, R, nDCG
 from lir_agent import Index
 from lir_agent.eval import compute_metrics, evaluate, load_beir
 
-from conftest import DATA, needs
+from helpers import DATA, needs
 
 SCIFACT = DATA / "scifact"
 

@@ -17,7 +17,7 @@ from lir_agent import (
     NotAnIndexError,
 )
 
-from conftest import naive_maxsim, random_matrices
+from helpers import naive_maxsim, random_matrices
 
 DIM = 384
 

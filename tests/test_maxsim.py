@@ -3,7 +3,7 @@ import torch
 
 from lir_agent import PackedEmbeddings, maxsim_topk
 
-from conftest import naive_maxsim, random_matrices
+from helpers import naive_maxsim, random_matrices
 
 DIM = 24
 

@@ -1,10 +1,10 @@
+"""Helpers shared by the core tests: data paths and naive reference computations."""
+
 import os
 from pathlib import Path
 
 import pytest
 import torch
-
-from lir_agent import Encoder
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LIR_SHARED", REPO.parent / "shared"))
@@ -15,12 +15,6 @@ MODELS = SHARED / "models"
 def needs(path: Path):
     """Skip marker for tests that read ../shared (present in CI and on developer machines)."""
     return pytest.mark.skipif(not path.exists(), reason=f"{path} not present")
-
-
-@pytest.fixture(scope="session")
-def encoder() -> Encoder:
-    """The bundled default encoder, loaded once."""
-    return Encoder.from_pretrained(device="cpu")
 
 
 def random_matrices(n: int, dim: int, seed: int, min_len: int = 1, max_len: int = 40) -> list[torch.Tensor]:

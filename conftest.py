@@ -1,0 +1,27 @@
+"""Fixtures shared by every test suite of the repository (core and integrations)."""
+
+from pathlib import Path
+
+import pytest
+
+from lir_agent import Encoder, Index
+from lir_agent.corpus import read_documents
+
+SAMPLE_CORPUS = Path(__file__).resolve().parent / "examples" / "data" / "hotpotqa_paragraphs.jsonl"
+SAMPLE_SIZE = 120
+
+
+@pytest.fixture(scope="session")
+def encoder() -> Encoder:
+    """The bundled default encoder, loaded once."""
+    return Encoder.from_pretrained(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sample_index_path(tmp_path_factory, encoder) -> Path:
+    """A real index of the first 120 paragraphs of the shipped HotpotQA sample, built once.
+    Tests must not write to it; copy it first."""
+    path = tmp_path_factory.mktemp("sample") / "index"
+    index = Index.create(path, encoder=encoder)
+    index.add(list(read_documents(SAMPLE_CORPUS))[:SAMPLE_SIZE])
+    return path
