@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
-import warnings
+import random
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from . import storage
+from .codec import NBITS, ResidualCodec
 from .encoder import Encoder, EncoderSettings
+from .engines import CompressedEngine, ExactEngine
+from .engines.compressed import MAX_SEGMENT_DOCS
+from .kmeans import num_centroids_for
 from .errors import (
     DocumentNotFoundError,
     DuplicateIdError,
@@ -25,10 +29,12 @@ from .errors import (
     LIRError,
 )
 from .filters import Filter, compile_filter
-from .maxsim import maxsim_topk
-
 MAX_K = 100_000
 MAX_SEGMENTS = 32  # above this many segments a write also compacts
+AUTO_COMPRESS_TOKENS = 250_000  # index_type="auto" switches from exact to compressed here
+CODEC_SAMPLE_TOKENS = 400_000  # token vectors drawn (whole documents) to train a codec
+ENCODE_CHUNK_DOCS = 1024  # documents encoded per batch when an index is rewritten
+IndexType = Literal["auto", "exact", "compressed"]
 
 
 @dataclass
@@ -54,8 +60,8 @@ class SearchHit:
 @dataclass
 class _Segment:
     entry: dict[str, Any]
-    tokens: torch.Tensor
-    offsets: np.ndarray
+    store: Any  # the engine's view of the segment's token arrays (search, payload, vectors)
+    lengths: np.ndarray  # tokens per row
     documents: list[Document]
     deleted: np.ndarray  # bool per row
 
@@ -105,28 +111,41 @@ def _check_matrix(matrix: Any, dim: int, what: str) -> torch.Tensor:
 
 
 class Index:
-    """A directory-backed late-interaction index with exact MaxSim search.
+    """A directory-backed late-interaction index.
 
-    Use :meth:`create` or :meth:`open`. Every ``add``/``upsert``/``delete`` is durable when it
-    returns. One process writes at a time (a lock file enforces it); any number may read.
+    Use :meth:`create` or :meth:`open`. ``index_type``: "exact" scores every stored token;
+    "compressed" stores centroid codes + ``nbits`` residuals and searches in three stages (see
+    :mod:`lir_agent.engines.compressed`); "auto" (the default) is exact until the corpus reaches
+    ``AUTO_COMPRESS_TOKENS`` tokens and compressed from then on. Every ``add``/``upsert``/
+    ``delete`` is durable when it returns. One process writes at a time (a lock file enforces
+    it); any number may read.
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], segments: list[_Segment],
-                 settings: EncoderSettings, encoder: Encoder | None, device: str):
+    def __init__(self, path: Path, manifest: dict[str, Any], settings: EncoderSettings,
+                 encoder: Encoder | None, device: str):
         self.path = path
-        self._manifest = manifest
-        self._segments = segments
         self.settings = settings
         self._encoder = encoder
         self.device = device
+        self._manifest = manifest
+        self._engine = self._make_engine(manifest)
+        self._segments: list[_Segment] = []
         self._where: dict[str, tuple[int, int]] = {}
-        self._reindex()
+        self._apply(manifest)
 
     # ---------------------------------------------------------------- opening
     @classmethod
-    def create(cls, path: str | Path, encoder: Encoder | str | None = None, *,
-               exist_ok: bool = False, device: str = "cpu") -> "Index":
-        """Creates an empty index at ``path``. ``encoder``: an Encoder, a model name/path, or the default."""
+    def create(cls, path: str | Path, encoder: Encoder | str | None = None, *, index_type: IndexType = "auto",
+               nbits: int = 2, projection_dim: int | None = None, num_centroids: int | None = None,
+               codec: ResidualCodec | None = None, exist_ok: bool = False, device: str = "cpu") -> "Index":
+        """Creates an empty index at ``path``. ``encoder``: an Encoder, a model name/path, or the default.
+
+        ``nbits`` (1, 2, 4, or 16 for float16), ``projection_dim`` (PCA of the token space,
+        fitted on the corpus) and ``num_centroids`` (default: grows with the square root of the
+        corpus's token count) configure the compressed engine. ``codec``: a trained codec (of
+        another index, or shared by the shards of one), which makes the index compressed from
+        the start; then the other compression settings are its own.
+        """
         path = Path(path)
         if (path / storage.MANIFEST).exists():
             if exist_ok:
@@ -134,23 +153,40 @@ class Index:
             raise InvalidInputError(f"{path} already holds an index (use Index.open, or exist_ok=True)")
         if path.exists() and any(path.iterdir()):
             raise InvalidInputError(f"{path} exists and is not empty; refusing to create an index there")
+        if index_type not in ("auto", "exact", "compressed"):
+            raise InvalidInputError(f"index_type must be 'auto', 'exact' or 'compressed', got {index_type!r}")
+        if nbits not in NBITS:
+            raise InvalidInputError(f"nbits must be one of {NBITS}, got {nbits!r}")
         encoder = encoder if isinstance(encoder, Encoder) else Encoder.from_pretrained(encoder or "default")
+        if projection_dim is not None and not 0 < projection_dim <= encoder.dim:
+            raise InvalidInputError(f"projection_dim must be in 1..{encoder.dim}, got {projection_dim!r}")
+        if codec is not None:
+            if codec.input_dim != encoder.dim:
+                raise InvalidInputError(f"the codec takes {codec.input_dim}-d vectors, the encoder gives {encoder.dim}-d")
+            index_type, nbits = "compressed", codec.nbits
         path.mkdir(parents=True, exist_ok=True)
         (path / storage.SEGMENTS).mkdir(exist_ok=True)
+        compress = None
+        if index_type != "exact":
+            compress = {"nbits": nbits, "projection_dim": projection_dim, "num_centroids": num_centroids,
+                        "min_tokens": AUTO_COMPRESS_TOKENS if index_type == "auto" else 0}
         manifest = {
             "format": storage.FORMAT_NAME,
             "format_version": storage.FORMAT_VERSION,
             "index_type": "exact",
+            "compress": compress,
+            "codec": None,
             "encoder": encoder.settings.to_dict(),
             "dim": encoder.dim,
             "num_documents": 0,
-            "num_tokens": 0,
             "generation": 0,
             "next_segment": 1,
             "segments": [],
         }
+        if codec is not None:
+            manifest["index_type"], manifest["codec"] = "compressed", _save_codec(path, codec, generation=0)
         storage.write_json_atomic(path / storage.MANIFEST, manifest)
-        return cls(path, manifest, [], encoder.settings, encoder, device)
+        return cls(path, manifest, encoder.settings, encoder, device)
 
     @classmethod
     def open(cls, path: str | Path, encoder: Encoder | str | None = None, *, device: str = "cpu") -> "Index":
@@ -165,28 +201,36 @@ class Index:
         if encoder is not None:
             encoder = encoder if isinstance(encoder, Encoder) else Encoder.from_pretrained(encoder)
             _check_encoder(encoder.settings, settings, path)
-        segments = [cls._load_segment(path, entry, manifest["dim"], device) for entry in manifest["segments"]]
-        return cls(path, manifest, segments, settings, encoder, device)
+        return cls(path, manifest, settings, encoder, device)
 
-    @staticmethod
-    def _load_segment(path: Path, entry: dict[str, Any], dim: int, device: str) -> _Segment:
-        data = storage.read_segment(path, entry, dim)
-        with warnings.catch_warnings():  # the memory map is read-only and never written through
-            warnings.simplefilter("ignore", UserWarning)
-            tokens = torch.from_numpy(data.tokens)
-        if device != "cpu":
-            tokens = tokens.to(device)
-        deleted = np.zeros(entry["num_docs"], dtype=bool)
-        deleted[np.asarray(entry["deleted"], dtype=np.int64)] = True
-        documents = [Document(r["id"], r["text"], r.get("metadata") or {}) for r in data.records]
-        return _Segment(entry, tokens, data.offsets, documents, deleted)
+    def _make_engine(self, manifest: dict[str, Any]) -> ExactEngine | CompressedEngine:
+        if manifest["index_type"] == "exact":
+            return ExactEngine(manifest["dim"])
+        codec_dir = self.path / manifest["codec"]["dir"]
+        try:
+            return CompressedEngine(ResidualCodec.load(codec_dir))
+        except (OSError, ValueError, KeyError) as exc:
+            raise IndexCorruptedError(f"{codec_dir}: the codec cannot be read ({exc})") from exc
 
-    def _reindex(self) -> None:
-        self._where = {}
-        for s, segment in enumerate(self._segments):
-            for row, doc in enumerate(segment.documents):
-                if not segment.deleted[row]:
-                    self._where[doc.id] = (s, row)
+    def _apply(self, manifest: dict[str, Any]) -> None:
+        """Brings the in-memory state to ``manifest`` (reusing segments that are already open)."""
+        loaded = {seg.entry["name"]: seg for seg in self._segments}
+        segments = []
+        for entry in manifest["segments"]:
+            segment = loaded.get(entry["name"])
+            if segment is None:
+                data = storage.read_segment(self.path, entry)
+                documents = [Document(r["id"], r["text"], r.get("metadata") or {}) for r in data.records]
+                segment = _Segment(entry, self._engine.open(data, self.device), np.diff(data.offsets), documents,
+                                   np.zeros(0, dtype=bool))
+            segment.entry = entry
+            segment.deleted = np.zeros(entry["num_docs"], dtype=bool)
+            segment.deleted[np.asarray(entry["deleted"], dtype=np.int64)] = True
+            segments.append(segment)
+        self._segments = segments
+        self._manifest = manifest
+        self._where = {doc.id: (s, row) for s, segment in enumerate(segments)
+                       for row, doc in enumerate(segment.documents) if not segment.deleted[row]}
 
     @property
     def encoder(self) -> Encoder:
@@ -199,7 +243,13 @@ class Index:
 
     @property
     def dim(self) -> int:
+        """Dimension of the encoder's token vectors (queries and documents are given in it)."""
         return self._manifest["dim"]
+
+    @property
+    def index_type(self) -> str:
+        """"exact" or "compressed": the engine the stored segments use now."""
+        return self._manifest["index_type"]
 
     # ---------------------------------------------------------------- reading
     def __len__(self) -> int:
@@ -210,7 +260,7 @@ class Index:
         predicate = compile_filter(filter)
         if predicate is None:
             return len(self._where)
-        return sum(1 for doc in self._iter_live() if predicate(doc.metadata))
+        return sum(1 for _, _, doc in self._live() if predicate(doc.metadata))
 
     def __contains__(self, doc_id: object) -> bool:
         return doc_id in self._where
@@ -218,69 +268,64 @@ class Index:
     def ids(self) -> Iterator[str]:
         return iter(list(self._where))
 
-    def _iter_live(self) -> Iterator[Document]:
+    def _live(self) -> Iterator[tuple[_Segment, int, Document]]:
         for segment in self._segments:
             for row, doc in enumerate(segment.documents):
                 if not segment.deleted[row]:
-                    yield doc
+                    yield segment, row, doc
+
+    def _locate(self, doc_id: str) -> tuple[_Segment, int]:
+        if doc_id not in self._where:
+            raise DocumentNotFoundError(f"no document with id {doc_id!r}")
+        s, row = self._where[doc_id]
+        return self._segments[s], row
 
     def get(self, doc_id: str) -> Document:
         """The stored document; DocumentNotFoundError if the id is unknown."""
-        if doc_id not in self._where:
-            raise DocumentNotFoundError(f"no document with id {doc_id!r}")
-        s, row = self._where[doc_id]
-        doc = self._segments[s].documents[row]
+        segment, row = self._locate(doc_id)
+        doc = segment.documents[row]
         return Document(doc.id, doc.text, dict(doc.metadata))
 
     def get_embeddings(self, doc_id: str) -> torch.Tensor:
-        """The stored (n_tokens, dim) float16 token matrix of a document."""
-        if doc_id not in self._where:
-            raise DocumentNotFoundError(f"no document with id {doc_id!r}")
-        s, row = self._where[doc_id]
-        segment = self._segments[s]
-        return segment.tokens[int(segment.offsets[row]) : int(segment.offsets[row + 1])].cpu().clone()
+        """The (n_tokens, d) float16 token matrix of a document (decompressed in a compressed index,
+        in the codec's projected space when it has a projection)."""
+        segment, row = self._locate(doc_id)
+        return segment.store.vectors(row)
 
     # ---------------------------------------------------------------- search
-    def search(self, query: str | torch.Tensor | np.ndarray, k: int = 10,
-               filter: Filter | None = None) -> list[SearchHit]:
-        """Top-k documents for one query: a text, or a precomputed (n_tokens, dim) matrix."""
-        return self.search_batch([query], k=k, filter=filter)[0]
+    def search(self, query: str | torch.Tensor | np.ndarray, k: int = 10, filter: Filter | None = None,
+               **search_params: int) -> list[SearchHit]:
+        """Top-k documents for one query: a text, or a precomputed (n_tokens, dim) matrix.
+
+        ``search_params`` (compressed indexes): ``nprobe``, ``candidates``, ``rerank``; the
+        defaults depend on k.
+        """
+        return self.search_batch([query], k=k, filter=filter, **search_params)[0]
 
     def search_batch(self, queries: Sequence[str | torch.Tensor | np.ndarray], k: int = 10,
-                     filter: Filter | None = None) -> list[list[SearchHit]]:
-        """Top-k documents for each query; one scan of the index serves the whole batch."""
+                     filter: Filter | None = None, **search_params: int) -> list[list[SearchHit]]:
+        """Top-k documents for each query; centroid scoring / the exact scan is shared by the batch."""
         k = _check_k(k)
         if isinstance(queries, (str, torch.Tensor, np.ndarray)):
             raise InvalidInputError("search_batch takes a list of queries")
+        params = self._engine.search_params(k, search_params)
+        predicate = compile_filter(filter)
         if len(queries) == 0:
             return []
-        matrices = self._query_matrices(queries)
-        predicate = compile_filter(filter)
-        all_scores, all_refs = [], []
-        for s, segment in enumerate(self._segments):
+        prepared = self._engine.prepare_queries(self._query_matrices(queries), self.device)
+        stores, masks = [], []
+        for segment in self._segments:
             eligible = ~segment.deleted
             if predicate is not None:
                 eligible &= np.fromiter((predicate(d.metadata) for d in segment.documents), bool, len(segment.documents))
-            if not eligible.any():
-                continue
-            scores, rows = maxsim_topk(matrices, segment.tokens, segment.offsets, k,
-                                       doc_mask=None if eligible.all() else eligible, device=self.device)
-            all_scores.append(scores.cpu())
-            all_refs.append(rows.cpu() + (s << 40))  # segment number in the high bits
-        if not all_scores:
-            return [[] for _ in queries]
-        scores = torch.cat(all_scores, dim=1)
-        refs = torch.cat(all_refs, dim=1)
-        top_scores, top = scores.topk(min(k, scores.shape[1]), dim=1)
-        top_refs = refs.gather(1, top)
-        results = []
-        for q in range(len(queries)):
-            hits = []
-            for rank, (score, ref) in enumerate(zip(top_scores[q].tolist(), top_refs[q].tolist()), start=1):
-                doc = self._segments[ref >> 40].documents[ref & ((1 << 40) - 1)]
-                hits.append(SearchHit(doc.id, score, rank, doc.text, dict(doc.metadata)))
-            results.append(hits)
-        return results
+            if eligible.any():
+                stores.append(segment)
+                masks.append(None if eligible.all() else eligible)
+        ranked = self._engine.search([s.store for s in stores], masks, prepared, k, params)
+        return [[SearchHit(doc.id, score, rank, doc.text, dict(doc.metadata))
+                 for rank, (score, s, row) in enumerate(hits, start=1)
+                 for doc in (stores[s].documents[row],)]
+                for hits in ranked]
 
     def _query_matrices(self, queries: Sequence[Any]) -> list[torch.Tensor]:
         texts = [(i, q) for i, q in enumerate(queries) if isinstance(q, str)]
@@ -333,10 +378,18 @@ class Index:
                 if matrix.shape[0] == 0:
                     raise InvalidInputError(f"document {doc.id!r} has no tokens left after encoding")
         with self._writing() as manifest:
-            entry = self._write_segment(manifest, ((d, m.to(torch.float16).numpy()) for d, m in zip(docs, matrices)),
-                                        sum(int(m.shape[0]) for m in matrices))
             replaced = [self._where[d.id] for d in docs if d.id in self._where]
-            self._commit(manifest, new_entries=[entry], deletions=replaced)
+            _delete_rows(manifest, replaced)
+            compress = manifest["compress"]
+            live_tokens = sum(int(s.lengths[~s.deleted].sum()) for s in self._segments)
+            new_tokens = sum(int(m.shape[0]) for m in matrices)
+            if manifest["index_type"] == "exact" and compress and live_tokens + new_tokens >= compress["min_tokens"]:
+                self._rewrite_locked(manifest, extra=(docs, matrices))  # the corpus is now big enough to compress
+                return [d.id for d in docs]
+            payloads, stats = self._engine.encode(matrices)
+            entries = self._write_rows(manifest, docs, [int(m.shape[0]) for m in matrices], iter(payloads))
+            _add_drift(manifest, stats)
+            self._commit(manifest, entries)
         return [d.id for d in docs]
 
     def upsert(self, documents: Sequence[Document | Mapping[str, Any]], **kwargs: Any) -> list[str]:
@@ -355,22 +408,40 @@ class Index:
         if not present:
             return 0
         with self._writing() as manifest:
-            self._commit(manifest, new_entries=[], deletions=present)
+            _delete_rows(manifest, present)
+            self._commit(manifest, [])
         return len(present)
 
     def compact(self) -> None:
-        """Rewrites all live documents into one segment, dropping deleted rows (atomic)."""
+        """Rewrites all live documents into as few segments as possible, dropping deleted rows (atomic)."""
         with self._writing() as manifest:
             self._compact_locked(manifest)
 
-    def _compact_locked(self, manifest: dict[str, Any]) -> None:
-        live = [(segment, row) for segment in self._segments for row in range(len(segment.documents))
-                if not segment.deleted[row]]
-        total = sum(int(s.offsets[r + 1] - s.offsets[r]) for s, r in live)
-        rows = ((s.documents[r], s.tokens[int(s.offsets[r]) : int(s.offsets[r + 1])].cpu().numpy()) for s, r in live)
-        entries = [self._write_segment(manifest, rows, total)] if live else []
-        self._commit(manifest, new_entries=entries, deletions=[], replace_all=True)
+    def drift(self) -> dict[str, float] | None:
+        """Codec drift of a compressed index: mean residual norm of tokens added since the codec
+        was trained, against the training figure (ratio > 1: new text fits the centroids worse)."""
+        if self.index_type != "compressed":
+            return None
+        stats = self._manifest["codec"]
+        reference = self._engine.codec.mean_residual_norm
+        added = stats["added_tokens"]
+        mean = stats["added_residual_norm_sum"] / added if added else reference
+        return {"added_tokens": added, "mean_residual_norm": mean, "reference": reference, "ratio": mean / reference}
 
+    def optimize(self, force: bool = False, drift_threshold: float = 1.15) -> bool:
+        """Re-trains the codec and rewrites the index (atomically) when drift passes
+        ``drift_threshold`` or ``force`` is set; on an exact index, compacts. Returns whether it rewrote."""
+        with self._writing() as manifest:
+            if manifest["index_type"] == "exact":
+                self._compact_locked(manifest)
+                return True
+            drift = self.drift()
+            if not force and drift["ratio"] <= drift_threshold:
+                return False
+            self._rewrite_locked(manifest)
+            return True
+
+    # ---------------------------------------------------------------- writing, under the lock
     @contextmanager
     def _writing(self) -> Iterator[dict[str, Any]]:
         """Holds the write lock; yields a copy of the manifest to change and commit."""
@@ -380,59 +451,97 @@ class Index:
                 on_disk = storage.read_manifest(self.path)
                 if on_disk.get("generation") != self._manifest["generation"]:
                     raise LIRError(f"{self.path} was changed by another process; open it again")
-                storage.remove_unreferenced(self.path, [e["name"] for e in on_disk["segments"]])
-                yield json.loads(json.dumps(on_disk))
+                storage.remove_unreferenced(self.path, on_disk)
+                try:
+                    yield json.loads(json.dumps(on_disk))
+                except BaseException:
+                    # the write did not commit: return to what is on disk
+                    self._engine = self._make_engine(on_disk)
+                    self._segments = [s for s in self._segments if s.entry["name"] in
+                                      {e["name"] for e in on_disk["segments"]}] if on_disk["index_type"] == self.index_type else []
+                    self._apply(on_disk)
+                    raise
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _write_segment(self, manifest: dict[str, Any], rows: Iterable[tuple[Document, np.ndarray]],
-                       num_tokens: int) -> dict[str, Any]:
-        name = f"seg-{manifest['next_segment']:06d}"
-        manifest["next_segment"] += 1
-        writer = storage.SegmentWriter(self.path, name, self.dim, num_tokens)
-        for doc, tokens in rows:
-            writer.append({"id": doc.id, "text": doc.text, "metadata": doc.metadata}, tokens)
-        return writer.finish()
+    def _write_rows(self, manifest: dict[str, Any], docs: Sequence[Document], lengths: Sequence[int],
+                    payloads: Iterator[dict[str, np.ndarray]], engine: Any = None) -> list[dict[str, Any]]:
+        """Writes documents (with their engine payloads, consumed in order) as new segments of at
+        most MAX_SEGMENT_DOCS documents each; returns their manifest entries."""
+        engine = engine or self._engine
+        entries = []
+        for start in range(0, len(docs), MAX_SEGMENT_DOCS):
+            batch = range(start, min(start + MAX_SEGMENT_DOCS, len(docs)))
+            name = f"seg-{manifest['next_segment']:06d}"
+            manifest["next_segment"] += 1
+            writer = storage.SegmentWriter(self.path, name, sum(lengths[i] for i in batch), engine.schema())
+            for i in batch:
+                doc = docs[i]
+                writer.append({"id": doc.id, "text": doc.text, "metadata": doc.metadata}, next(payloads))
+            entries.append(writer.finish(engine.derived))
+        return entries
 
-    def _commit(self, manifest: dict[str, Any], new_entries: list[dict[str, Any]],
-                deletions: list[tuple[int, int]], replace_all: bool = False) -> None:
+    def _commit(self, manifest: dict[str, Any], new_entries: list[dict[str, Any]]) -> None:
         """Publishes the new manifest, then brings the in-memory state to it."""
-        if replace_all:
-            manifest["segments"] = []
-        for s, row in deletions:
-            entry = manifest["segments"][s]
-            entry["deleted"] = sorted(set(entry["deleted"]) | {row})
         manifest["segments"].extend(new_entries)
-        if not replace_all and len(manifest["segments"]) > MAX_SEGMENTS:
-            self._apply(manifest)  # in memory only, so the compaction sees this write
+        if len(manifest["segments"]) > MAX_SEGMENTS:
             self._compact_locked(manifest)
             return
         manifest["num_documents"] = sum(e["num_docs"] - len(e["deleted"]) for e in manifest["segments"])
         manifest["generation"] += 1
         storage.write_json_atomic(self.path / storage.MANIFEST, manifest)
+        storage.remove_unreferenced(self.path, manifest)  # replaced segments and codecs
         self._apply(manifest)
 
-    def _apply(self, manifest: dict[str, Any]) -> None:
-        loaded = {seg.entry["name"]: seg for seg in self._segments}
-        segments = []
-        for entry in manifest["segments"]:
-            segment = loaded.get(entry["name"]) or self._load_segment(self.path, entry, self.dim, self.device)
-            segment.entry = entry
-            segment.deleted = np.zeros(entry["num_docs"], dtype=bool)
-            segment.deleted[np.asarray(entry["deleted"], dtype=np.int64)] = True
-            segments.append(segment)
-        self._segments = segments
-        self._manifest = manifest
-        self._reindex()
+    def _compact_locked(self, manifest: dict[str, Any]) -> None:
+        self._apply(manifest)  # in memory only, so that pending deletions are seen
+        live = list(self._live())
+        payloads = (segment.store.payload(row) for segment, row, _ in live)
+        lengths = [int(segment.lengths[row]) for segment, row, _ in live]
+        manifest["segments"] = []
+        self._commit(manifest, self._write_rows(manifest, [doc for _, _, doc in live], lengths, payloads))
+
+    def _rewrite_locked(self, manifest: dict[str, Any],
+                        extra: tuple[list[Document], list[torch.Tensor]] | None = None) -> None:
+        """Trains a new codec on the live documents (plus ``extra`` new ones) and rewrites every
+        document with it, publishing codec and segments in one manifest swap."""
+        self._apply(manifest)  # in memory only, so that pending deletions are seen
+        live = list(self._live())
+        extra_docs, extra_vectors = extra or ([], [])
+        sources = [(lambda seg=seg, row=row: seg.store.vectors(row)) for seg, row, _ in live]
+        sources += [(lambda m=m: m) for m in extra_vectors]
+        lengths = [int(seg.lengths[row]) for seg, row, _ in live] + [int(m.shape[0]) for m in extra_vectors]
+        docs = [doc for _, _, doc in live] + list(extra_docs)
+        compress = manifest["compress"]
+        codec = ResidualCodec.fit(_sample_vectors(sources, lengths), nbits=compress["nbits"],
+                                  num_centroids=compress["num_centroids"] or num_centroids_for(sum(lengths)),
+                                  projection_dim=compress["projection_dim"])
+        codec_entry = _save_codec(self.path, codec, manifest["generation"] + 1)
+        engine = CompressedEngine(codec)
+        stats = {"tokens": 0.0, "residual_norm_sum": 0.0}
+
+        def payloads() -> Iterator[dict[str, np.ndarray]]:
+            for start in range(0, len(sources), ENCODE_CHUNK_DOCS):
+                chunk, chunk_stats = engine.encode([source() for source in sources[start : start + ENCODE_CHUNK_DOCS]])
+                for key in stats:
+                    stats[key] += chunk_stats[key]
+                yield from chunk
+
+        manifest["segments"] = []
+        manifest["segments"] = self._write_rows(manifest, docs, lengths, payloads(), engine)
+        manifest["index_type"], manifest["codec"] = "compressed", codec_entry
+        self._engine = engine
+        self._segments = []  # every segment is new
+        self._commit(manifest, [])
 
     # ---------------------------------------------------------------- info
     def info(self) -> dict[str, Any]:
-        """A summary: counts, dims, encoder, segments and bytes on disk."""
-        live_tokens = sum(int(np.diff(s.offsets)[~s.deleted].sum()) for s in self._segments)
+        """A summary: counts, dims, engine, segments and bytes on disk."""
+        live_tokens = sum(int(s.lengths[~s.deleted].sum()) for s in self._segments)
         disk = sum(f["size"] for s in self._segments for f in s.entry["files"].values())
-        return {
+        info = {
             "path": str(self.path),
-            "index_type": self._manifest["index_type"],
+            "index_type": self.index_type,
             "documents": len(self),
             "tokens": live_tokens,
             "dim": self.dim,
@@ -442,11 +551,55 @@ class Index:
             "bytes_per_token": round(disk / live_tokens, 2) if live_tokens else None,
             "encoder": self.settings.to_dict(),
         }
+        if self.index_type == "compressed":
+            codec = self._engine.codec
+            info["codec"] = {"nbits": codec.nbits, "num_centroids": codec.num_centroids, "dim": codec.dim,
+                             "projected": codec.projection is not None,
+                             "token_bytes_per_token": codec.bytes_per_token, "drift": self.drift()}
+        elif self._manifest["compress"]:
+            info["compresses_at_tokens"] = self._manifest["compress"]["min_tokens"]
+        return info
 
     def verify(self) -> None:
         """Hashes every file against the manifest; raises IndexCorruptedError naming a bad file."""
         for segment in self._segments:
             storage.verify_segment_files(self.path, segment.entry)
+
+
+def _save_codec(root: Path, codec: ResidualCodec, generation: int) -> dict[str, Any]:
+    """Publishes a codec directory atomically; returns its manifest entry (with drift counters)."""
+    name = f"codec-{generation:06d}"
+    tmp = root / f"{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    codec.save(tmp)
+    storage.publish_directory(tmp, root / name)
+    return {"dir": name, "nbits": codec.nbits, "num_centroids": codec.num_centroids, "dim": codec.dim,
+            "added_tokens": 0, "added_residual_norm_sum": 0.0}
+
+
+def _delete_rows(manifest: dict[str, Any], rows: Iterable[tuple[int, int]]) -> None:
+    for s, row in rows:
+        entry = manifest["segments"][s]
+        entry["deleted"] = sorted(set(entry["deleted"]) | {row})
+
+
+def _add_drift(manifest: dict[str, Any], stats: dict[str, float]) -> None:
+    if stats and manifest["codec"]:
+        manifest["codec"]["added_tokens"] += int(stats["tokens"])
+        manifest["codec"]["added_residual_norm_sum"] += stats["residual_norm_sum"]
+
+
+def _sample_vectors(sources: Sequence[Any], lengths: Sequence[int]) -> torch.Tensor:
+    """Whole documents drawn at random (seeded) until CODEC_SAMPLE_TOKENS token vectors."""
+    order = list(range(len(sources)))
+    random.Random(0).shuffle(order)
+    picked, total = [], 0
+    for i in order:
+        if total >= CODEC_SAMPLE_TOKENS:
+            break
+        picked.append(sources[i]().float())
+        total += lengths[i]
+    return torch.cat(picked)
 
 
 def _check_k(k: Any) -> int:

@@ -19,7 +19,7 @@ import torch
 DEFAULT_CHUNK_BYTES = 16 * 2**20
 
 
-def _chunk_bounds(offsets: np.ndarray, chunk_tokens: int) -> list[tuple[int, int]]:
+def chunk_bounds(offsets: np.ndarray, chunk_tokens: int) -> list[tuple[int, int]]:
     """Splits documents into consecutive runs of about chunk_tokens tokens (at least one doc)."""
     bounds, n, start = [], len(offsets) - 1, 0
     while start < n:
@@ -30,18 +30,22 @@ def _chunk_bounds(offsets: np.ndarray, chunk_tokens: int) -> list[tuple[int, int
     return bounds
 
 
-def _max_per_document(query_tokens: torch.Tensor, chunk: torch.Tensor, offsets: np.ndarray) -> torch.Tensor:
-    """(query tokens, documents): for each query token, its best similarity within each document.
+def segment_max(similarities: torch.Tensor, offsets: np.ndarray) -> torch.Tensor:
+    """Row-wise max over consecutive column runs: (rows, tokens) → (rows, documents).
 
-    On CPU the similarities are laid out (query tokens, doc tokens) so each document is a
-    contiguous run of every row, which numpy's ``maximum.reduceat`` reduces at memory speed; on
-    CUDA ``segment_reduce`` does the same over the transposed product.
+    ``offsets`` (n_docs + 1, starting at 0) delimit each document's columns. On CPU numpy's
+    ``maximum.reduceat`` reduces each row's contiguous runs at memory speed; on CUDA
+    ``segment_reduce`` does it over the transpose.
     """
-    if chunk.device.type == "cpu":
-        similarities = (query_tokens @ chunk.T).numpy()
-        return torch.from_numpy(np.maximum.reduceat(similarities, offsets[:-1], axis=1))
-    lengths = torch.from_numpy(np.diff(offsets)).to(chunk.device)
-    return torch.segment_reduce(chunk @ query_tokens.T, "max", lengths=lengths, axis=0).T
+    if similarities.device.type == "cpu":
+        return torch.from_numpy(np.maximum.reduceat(similarities.numpy(), offsets[:-1], axis=1))
+    lengths = torch.from_numpy(np.diff(offsets)).to(similarities.device)
+    return torch.segment_reduce(similarities.T, "max", lengths=lengths, axis=0).T
+
+
+def _max_per_document(query_tokens: torch.Tensor, chunk: torch.Tensor, offsets: np.ndarray) -> torch.Tensor:
+    """(query tokens, documents): for each query token, its best similarity within each document."""
+    return segment_max(query_tokens @ chunk.T, offsets)
 
 
 def maxsim_topk(
@@ -89,7 +93,7 @@ def maxsim_topk(
     best_ids = torch.empty(batch, 0, device=device, dtype=torch.int64)
     bytes_per_token = sum(query_lengths) * (4 if compute_dtype == torch.float32 else 2)
     chunk_tokens = max(256, max_chunk_bytes // max(bytes_per_token, 1))
-    for start, end in _chunk_bounds(offsets, chunk_tokens):
+    for start, end in chunk_bounds(offsets, chunk_tokens):
         chunk_mask = None if mask is None else torch.from_numpy(mask[start:end]).to(device)
         if chunk_mask is not None and not bool(chunk_mask.any()):
             continue

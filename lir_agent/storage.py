@@ -3,10 +3,12 @@
 An index is a directory::
 
     manifest.json            the commit point: format, encoder settings, segments, tombstones
+    codec-000001/            the compressed index's codec (centroids, buckets), if any
     segments/seg-000001/     one immutable segment per write
-        tokens.npy           (n_tokens, dim) float16, memory-mapped on open
         offsets.npy          (n_docs + 1,) int64
         docs.jsonl           one {"id", "text", "metadata"} per document, in row order
+        tokens.npy           exact index: (n_tokens, dim) float16, memory-mapped on open
+        codes.npy, residuals.npy, ivf.npy, ivf_offsets.npy   compressed index (see engines)
 
 Every write puts new files aside (a ``.tmp`` directory or file), fsyncs them, renames them into
 place and fsyncs the directory; the manifest is replaced last, the same way. A process killed at
@@ -33,10 +35,11 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SEGMENTS = "segments"
 LOCK = ".lock"
-TOKENS, OFFSETS, DOCS = "tokens.npy", "offsets.npy", "docs.jsonl"
-# Files checked by hash on every open; the (large) token matrix is checked by size and header,
-# and by hash in verify().
-_HASHED_ON_OPEN = (OFFSETS, DOCS)
+OFFSETS, DOCS = "offsets.npy", "docs.jsonl"
+PER_TOKEN_ARRAYS = ("tokens", "codes", "residuals")
+# Files up to this size are checked by hash on every open; larger ones (token arrays) by size
+# and header, and by hash in verify().
+HASH_ON_OPEN_BYTES = 16 * 2**20
 
 
 def _fsync_dir(path: Path) -> None:
@@ -73,53 +76,74 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 @dataclass
 class SegmentData:
-    """A segment as read from disk."""
+    """A segment as read from disk: its arrays (large ones memory-mapped), offsets and records."""
 
-    tokens: np.ndarray  # memory-mapped, read-only
+    arrays: dict[str, np.ndarray]
     offsets: np.ndarray
     records: list[dict[str, Any]]
 
 
-class SegmentWriter:
-    """Streams documents into a new segment directory, then publishes it atomically."""
+ArraySchema = dict[str, tuple[tuple[int, ...], np.dtype]]  # name -> (per-token shape, dtype)
 
-    def __init__(self, root: Path, name: str, dim: int, num_tokens: int):
+
+class SegmentWriter:
+    """Streams documents and their per-token arrays into a new segment, then publishes it atomically.
+
+    ``schema`` names the per-token arrays (e.g. float16 token vectors, or centroid codes and
+    packed residuals); each is a memory-mapped .npy of ``num_tokens`` rows.
+    """
+
+    def __init__(self, root: Path, name: str, num_tokens: int, schema: ArraySchema):
         self.root, self.name = root, name
         self.tmp_dir = root / SEGMENTS / f"{name}.tmp"
         if self.tmp_dir.exists():
             shutil.rmtree(self.tmp_dir)
         self.tmp_dir.mkdir(parents=True)
-        self._tokens = np.lib.format.open_memmap(
-            self.tmp_dir / TOKENS, mode="w+", dtype=np.float16, shape=(num_tokens, dim)
-        )
+        self._arrays = {
+            array: np.lib.format.open_memmap(self.tmp_dir / f"{array}.npy", mode="w+", dtype=dtype,
+                                             shape=(num_tokens, *shape))
+            for array, (shape, dtype) in schema.items()
+        }
+        self._num_tokens = num_tokens
         self._offsets = [0]
         self._docs = open(self.tmp_dir / DOCS, "w", encoding="utf-8")
 
-    def append(self, record: dict[str, Any], tokens: np.ndarray) -> None:
+    def append(self, record: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         start = self._offsets[-1]
-        self._tokens[start : start + len(tokens)] = tokens
-        self._offsets.append(start + len(tokens))
+        length = len(next(iter(arrays.values())))
+        for array, values in arrays.items():
+            self._arrays[array][start : start + length] = values
+        self._offsets.append(start + length)
         self._docs.write(json.dumps(record, ensure_ascii=False) + "\n")
 
-    def finish(self) -> dict[str, Any]:
-        """Flushes, fsyncs and renames the segment into place; returns its manifest entry."""
-        if self._offsets[-1] != len(self._tokens):
-            raise RuntimeError(f"segment {self.name}: wrote {self._offsets[-1]} of {len(self._tokens)} tokens")
-        self._tokens.flush()
-        del self._tokens
+    def finish(self, derived: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+        """Writes offsets and ``derived`` arrays, fsyncs, renames into place; returns the manifest entry.
+
+        ``derived`` may be a callable taking (arrays, offsets), for indexes built from the
+        written arrays (the compressed index's inverted lists).
+        """
+        if self._offsets[-1] != self._num_tokens:
+            raise RuntimeError(f"segment {self.name}: wrote {self._offsets[-1]} of {self._num_tokens} tokens")
+        offsets = np.asarray(self._offsets, dtype=np.int64)
+        extra = derived(self._arrays, offsets) if callable(derived) else (derived or {})
+        for array in self._arrays.values():
+            array.flush()
+        self._arrays.clear()
         self._docs.flush()
         os.fsync(self._docs.fileno())
         self._docs.close()
-        np.save(self.tmp_dir / OFFSETS, np.asarray(self._offsets, dtype=np.int64))
-        for name in (TOKENS, OFFSETS):
+        np.save(self.tmp_dir / OFFSETS, offsets)
+        for array, values in extra.items():
+            np.save(self.tmp_dir / f"{array}.npy", values)
+        names = sorted(p.name for p in self.tmp_dir.iterdir())
+        for name in names:
             _fsync_file(self.tmp_dir / name)
         _fsync_dir(self.tmp_dir)
         final = self.root / SEGMENTS / self.name
         os.replace(self.tmp_dir, final)
         _fsync_dir(final.parent)
-        files = {name: {"size": (final / name).stat().st_size, "sha256": sha256_file(final / name)}
-                 for name in (TOKENS, OFFSETS, DOCS)}
-        return {"name": self.name, "num_docs": len(self._offsets) - 1, "num_tokens": self._offsets[-1],
+        files = {name: {"size": (final / name).stat().st_size, "sha256": sha256_file(final / name)} for name in names}
+        return {"name": self.name, "num_docs": len(offsets) - 1, "num_tokens": int(offsets[-1]),
                 "files": files, "deleted": []}
 
 
@@ -142,7 +166,7 @@ def read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
-def read_segment(root: Path, entry: dict[str, Any], dim: int) -> SegmentData:
+def read_segment(root: Path, entry: dict[str, Any]) -> SegmentData:
     """Opens one segment, checking each file against the manifest; errors name the file."""
     directory = root / SEGMENTS / entry["name"]
     for name, expected in entry["files"].items():
@@ -152,22 +176,29 @@ def read_segment(root: Path, entry: dict[str, Any], dim: int) -> SegmentData:
         size = path.stat().st_size
         if size != expected["size"]:
             raise IndexCorruptedError(f"{path} is truncated or altered: {size} bytes, manifest says {expected['size']}")
-        if name in _HASHED_ON_OPEN and sha256_file(path) != expected["sha256"]:
+        if size <= HASH_ON_OPEN_BYTES and sha256_file(path) != expected["sha256"]:
             raise IndexCorruptedError(f"{path} is corrupted: its checksum does not match the manifest")
+    arrays = {}
+    for name in entry["files"]:
+        if name.endswith(".npy") and name != OFFSETS:
+            try:
+                arrays[name[:-4]] = np.load(directory / name, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError) as exc:
+                raise IndexCorruptedError(f"{directory / name} is unreadable: {exc}") from exc
     try:
-        tokens = np.load(directory / TOKENS, mmap_mode="r", allow_pickle=False)
+        offsets = np.load(directory / OFFSETS, allow_pickle=False)
+        with open(directory / DOCS, encoding="utf-8") as f:
+            records = [json.loads(line) for line in f]
     except (ValueError, OSError) as exc:
-        raise IndexCorruptedError(f"{directory / TOKENS} is unreadable: {exc}") from exc
-    if tokens.dtype != np.float16 or tokens.shape != (entry["num_tokens"], dim):
-        raise IndexCorruptedError(
-            f"{directory / TOKENS} holds {tokens.dtype}{tokens.shape}, expected float16({entry['num_tokens']}, {dim})"
-        )
-    offsets = np.load(directory / OFFSETS, allow_pickle=False)
-    with open(directory / DOCS, encoding="utf-8") as f:
-        records = [json.loads(line) for line in f]
-    if len(records) != entry["num_docs"] or offsets.shape != (entry["num_docs"] + 1,):
-        raise IndexCorruptedError(f"{directory}: document count does not match the manifest")
-    return SegmentData(tokens, offsets, records)
+        raise IndexCorruptedError(f"{directory}: unreadable offsets or documents ({exc})") from exc
+    if len(records) != entry["num_docs"] or offsets.shape != (entry["num_docs"] + 1,) \
+            or int(offsets[-1]) != entry["num_tokens"]:
+        raise IndexCorruptedError(f"{directory}: document or token count does not match the manifest")
+    for name, array in arrays.items():
+        if name in PER_TOKEN_ARRAYS and array.shape[0] != entry["num_tokens"]:
+            raise IndexCorruptedError(f"{directory / (name + '.npy')} has {array.shape[0]} rows, "
+                                      f"the manifest says {entry['num_tokens']} tokens")
+    return SegmentData(arrays, offsets, records)
 
 
 def verify_segment_files(root: Path, entry: dict[str, Any]) -> None:
@@ -178,12 +209,24 @@ def verify_segment_files(root: Path, entry: dict[str, Any]) -> None:
             raise IndexCorruptedError(f"{directory / name} is corrupted: its checksum does not match the manifest")
 
 
-def remove_unreferenced(root: Path, referenced: Iterable[str]) -> None:
-    """Deletes segment directories (and half-written ones) that the manifest does not name."""
-    keep = set(referenced)
+def remove_unreferenced(root: Path, manifest: dict[str, Any]) -> None:
+    """Deletes segment and codec directories (and half-written ones) that the manifest does not name."""
+    keep = {entry["name"] for entry in manifest["segments"]}
     segments = root / SEGMENTS
-    if not segments.exists():
-        return
-    for child in segments.iterdir():
-        if child.name not in keep:
+    if segments.exists():
+        for child in segments.iterdir():
+            if child.name not in keep:
+                shutil.rmtree(child, ignore_errors=True)
+    codec = (manifest.get("codec") or {}).get("dir")
+    for child in root.glob("codec-*"):
+        if child.name != codec:
             shutil.rmtree(child, ignore_errors=True)
+
+
+def publish_directory(tmp_dir: Path, final: Path) -> None:
+    """fsyncs every file of ``tmp_dir`` and renames it to ``final`` atomically."""
+    for path in tmp_dir.iterdir():
+        _fsync_file(path)
+    _fsync_dir(tmp_dir)
+    os.replace(tmp_dir, final)
+    _fsync_dir(final.parent)

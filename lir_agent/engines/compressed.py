@@ -1,0 +1,258 @@
+"""The compressed engine: centroid codes + n-bit residuals, searched in three stages.
+
+Per segment (at most 65,536 documents, so inverted lists hold uint16 local document ids):
+
+* ``codes.npy`` (n_tokens,) centroid id of each token, ``residuals.npy`` (n_tokens, dim·n/8)
+  packed residuals (or float16 vectors with nbits=16);
+* ``ivf.npy`` / ``ivf_offsets.npy``: for each centroid, the sorted ids of the documents that
+  have a token there (deduplicated).
+
+A query (after the codec's projection, if any) is scored against all centroids once. Then:
+
+1. **Probe** (WARP-style): each query token takes its ``nprobe`` best centroids; every document
+   in their inverted lists gets, for that query token, the best probed centroid score it
+   reached, and the score of the token's weakest probed centroid where it reached none (an
+   estimate of what an unprobed token would score). Summed over query tokens this ranks the
+   probed documents; the best ``candidates`` of them go on. Filters and deletions are applied
+   here, before any scoring, and if fewer than k matching documents were probed, every matching
+   document becomes a candidate, so filtered searches still return k results.
+2. **Centroid interaction** (PLAID): MaxSim of the query against each candidate's centroids
+   (all of its tokens, no residuals) keeps the best ``rerank`` documents.
+3. **Rerank**: those documents' tokens are decompressed and scored with exact MaxSim.
+
+Each stage keeps its best documents over all segments together, so the results of an index do
+not depend on how its documents are split into segments.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..codec import ResidualCodec
+from ..errors import InvalidInputError
+from ..maxsim import chunk_bounds, segment_max
+from ..storage import ArraySchema, SegmentData
+from .exact import as_tensor
+
+MAX_SEGMENT_DOCS = 2**16
+RERANK_CHUNK_TOKENS = 2048  # decoded vectors per step of the rerank (stays in cache)
+TIEBREAK_SCALE = 1e-4  # largest id-derived offset added to approximate scores
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Knobs of the compressed search; :meth:`for_k` gives the defaults for a given k."""
+
+    nprobe: int
+    candidates: int
+    rerank: int
+
+    @classmethod
+    def for_k(cls, k: int) -> "SearchParams":
+        if k <= 10:
+            return cls(nprobe=8, candidates=256, rerank=128)
+        if k <= 100:
+            return cls(nprobe=12, candidates=max(512, 4 * k), rerank=max(128, 2 * k))
+        return cls(nprobe=16, candidates=4 * k, rerank=2 * k)
+
+
+@dataclass
+class QueryBatch:
+    """Queries in the codec's space and their scores against every centroid."""
+
+    vectors: list[torch.Tensor]  # (q_i, dim) float32 each
+    centroid_scores: list[torch.Tensor]  # (q_i, K) each
+
+
+def _ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Concatenation of arange(s, s + l) for each (start, length), vectorised."""
+    total = int(lengths.sum())
+    if total == 0:
+        return torch.empty(0, dtype=torch.int64, device=starts.device)
+    bases = torch.repeat_interleave(starts - torch.cumsum(lengths, 0) + lengths, lengths)
+    return bases + torch.arange(total, device=starts.device)
+
+
+class CompressedSegment:
+    def __init__(self, codec: ResidualCodec, data: SegmentData, device: str):
+        self.codec, self.device = codec, device
+        self.offsets = data.offsets
+        self.offsets_t = torch.from_numpy(data.offsets).to(device)
+        self.codes = as_tensor(data.arrays["codes"], device)
+        self.residuals = data.arrays["residuals"]
+        self.ivf = as_tensor(data.arrays["ivf"], device)
+        self.ivf_offsets = torch.from_numpy(data.arrays["ivf_offsets"].astype(np.int64)).to(device)
+        self.num_docs = len(data.offsets) - 1
+        # Approximate scores tie often (they are sums of a few centroid scores); a tiny offset
+        # derived from each document's id breaks ties the same way whatever the segmentation.
+        self.tiebreak = torch.tensor([zlib.crc32(r["id"].encode()) for r in data.records],
+                                     dtype=torch.float64).mul_(TIEBREAK_SCALE / 2**32).float().to(device)
+
+    # -------------------------------------------------------------- stored data
+    def _tokens_of(self, docs: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+        """Token positions of ``docs`` (concatenated) and their local offsets."""
+        starts, ends = self.offsets_t[docs], self.offsets_t[docs + 1]
+        lengths = ends - starts
+        local = np.zeros(len(docs) + 1, dtype=np.int64)
+        np.cumsum(lengths.cpu().numpy(), out=local[1:])
+        return _ranges(starts, lengths), local
+
+    def _decode(self, positions: torch.Tensor) -> torch.Tensor:
+        index = positions.cpu().numpy()
+        return self.codec.decode(self.codes[positions].cpu().numpy(), self.residuals[index], device=self.device)
+
+    def payload(self, row: int) -> dict[str, np.ndarray]:
+        a, b = int(self.offsets[row]), int(self.offsets[row + 1])
+        return {"codes": self.codes[a:b].cpu().numpy().copy(), "residuals": np.array(self.residuals[a:b])}
+
+    def vectors(self, row: int) -> torch.Tensor:
+        a, b = int(self.offsets[row]), int(self.offsets[row + 1])
+        return self._decode(torch.arange(a, b, device=self.device)).cpu().to(torch.float16)
+
+    # -------------------------------------------------------------- the three stages
+    def probe(self, centroid_scores: torch.Tensor, eligible: torch.Tensor | None,
+              nprobe: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage 1: approximate score of every document, and which documents were probed.
+
+        Per query token, a document's score is the best score among the probed centroids it has
+        a token in, or the token's weakest probed centroid score where it has none.
+        """
+        q = centroid_scores.shape[0]
+        nprobe = min(nprobe, centroid_scores.shape[1])
+        probe_scores, probe_ids = centroid_scores.topk(nprobe, dim=1)
+        starts = self.ivf_offsets[probe_ids.reshape(-1)]
+        lengths = self.ivf_offsets[probe_ids.reshape(-1) + 1] - starts
+        docs = self.ivf[_ranges(starts, lengths)].long()
+        token_of_entry = torch.repeat_interleave(torch.arange(q, device=self.device).repeat_interleave(nprobe), lengths)
+        approx = probe_scores[:, -1:].expand(q, self.num_docs).contiguous()
+        approx.view(-1).scatter_reduce_(0, token_of_entry * self.num_docs + docs,
+                                        torch.repeat_interleave(probe_scores.reshape(-1), lengths), reduce="amax")
+        probed = torch.zeros(self.num_docs, dtype=torch.bool, device=self.device)
+        probed[docs] = True
+        return approx.sum(dim=0) + self.tiebreak, probed
+
+    def interaction(self, centroid_scores: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
+        """Stage 2: MaxSim of the query against the centroids of every token of ``docs``."""
+        positions, local = self._tokens_of(docs)
+        return segment_max(centroid_scores[:, self.codes[positions].long()], local).sum(dim=0) + self.tiebreak[docs]
+
+    def rerank(self, query: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
+        """Stage 3: MaxSim on the decompressed tokens of ``docs``, a cache-sized chunk at a time."""
+        positions, local = self._tokens_of(docs)
+        scores = torch.empty(len(docs), device=self.device)
+        for start, end in chunk_bounds(local, RERANK_CHUNK_TOKENS):
+            vectors = self._decode(positions[local[start] : local[end]])
+            scores[start:end] = segment_max(query @ vectors.T, local[start : end + 1] - local[start]).sum(dim=0)
+        return scores
+
+
+def _top(parts: list[tuple[int, torch.Tensor, torch.Tensor]], count: int) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """The ``count`` best (segment, docs, scores) entries over all segments, regrouped by segment."""
+    if not parts:
+        return []
+    scores = torch.cat([p[2].cpu() for p in parts])
+    segment_of = torch.cat([torch.full((len(p[1]),), i) for i, p in enumerate(parts)])
+    position = torch.cat([torch.arange(len(p[1])) for p in parts])
+    best = scores.topk(min(count, len(scores))).indices
+    out = []
+    for i, (segment, docs, part_scores) in enumerate(parts):
+        keep = position[best[segment_of[best] == i]].to(docs.device)
+        if len(keep):
+            out.append((segment, docs[keep], part_scores[keep]))
+    return out
+
+
+class CompressedEngine:
+    """Centroid + n-bit residual storage searched by probe → centroid interaction → rerank."""
+
+    kind = "compressed"
+
+    def __init__(self, codec: ResidualCodec):
+        self.codec = codec
+
+    def schema(self) -> ArraySchema:
+        shape, dtype = self.codec.residual_shape
+        return {"codes": ((), self.codec.code_dtype), "residuals": (shape, dtype)}
+
+    def encode(self, matrices: Sequence[torch.Tensor]) -> tuple[list[dict[str, np.ndarray]], dict[str, float]]:
+        lengths = [int(m.shape[0]) for m in matrices]
+        codes, residuals, norms = self.codec.encode(torch.cat(list(matrices)))
+        bounds = np.concatenate([[0], np.cumsum(lengths)])
+        payloads = [{"codes": codes[a:b], "residuals": residuals[a:b]} for a, b in zip(bounds[:-1], bounds[1:])]
+        return payloads, {"tokens": float(len(norms)), "residual_norm_sum": float(norms.sum())}
+
+    def derived(self, arrays: dict[str, np.ndarray], offsets: np.ndarray) -> dict[str, np.ndarray]:
+        """Inverted lists: for each centroid, the sorted local ids of documents with a token there."""
+        num_docs = len(offsets) - 1
+        if num_docs > MAX_SEGMENT_DOCS:
+            raise ValueError(f"a compressed segment holds at most {MAX_SEGMENT_DOCS} documents")
+        doc_of_token = np.repeat(np.arange(num_docs, dtype=np.int64), np.diff(offsets))
+        pairs = np.unique(np.asarray(arrays["codes"]).astype(np.int64) * num_docs + doc_of_token)
+        centroid, doc = np.divmod(pairs, num_docs)
+        ivf_offsets = np.zeros(self.codec.num_centroids + 1, dtype=np.int64)
+        np.cumsum(np.bincount(centroid, minlength=self.codec.num_centroids), out=ivf_offsets[1:])
+        return {"ivf": doc.astype(np.uint16), "ivf_offsets": ivf_offsets}
+
+    def open(self, data: SegmentData, device: str) -> CompressedSegment:
+        return CompressedSegment(self.codec, data, device)
+
+    def search(self, stores: list[CompressedSegment], masks: list[np.ndarray | None], queries: QueryBatch,
+               k: int, params: SearchParams) -> list[list[tuple[float, int, int]]]:
+        """Per query, the best (score, segment, row) triples. Each stage keeps its best documents
+        over all segments together, so results do not depend on how documents are segmented."""
+        eligible = [None if m is None else torch.from_numpy(m).to(s.device) for s, m in zip(stores, masks)]
+
+        def one(i: int) -> list[tuple[float, int, int]]:
+            parts = self.candidates(stores, eligible, queries.centroid_scores[i], k, params)
+            query = queries.vectors[i]
+            best = _top([(s, docs, stores[s].rerank(query.to(stores[s].device), docs)) for s, docs in parts], k)
+            triples = [(score, s, row) for s, docs, scores in best for score, row in zip(scores.tolist(), docs.tolist())]
+            return sorted(triples, key=lambda t: -t[0])
+
+        count = len(queries.vectors)
+        if count > 1 and all(s.device == "cpu" for s in stores):
+            # much of a query's work is single-threaded (gathers, numpy reductions, Python):
+            # the queries of a batch run side by side, one per core
+            with ThreadPoolExecutor(max_workers=min(count, os.cpu_count() or 1)) as pool:
+                return list(pool.map(one, range(count)))
+        return [one(i) for i in range(count)]
+
+    def candidates(self, stores: list[CompressedSegment], eligible: list[torch.Tensor | None],
+                   centroid_scores: torch.Tensor, k: int, params: SearchParams) -> list[tuple[int, torch.Tensor]]:
+        """Stages 1 and 2 for one query: (segment, local document ids) of the documents to rerank."""
+        probes = []
+        for segment, (store, allowed) in enumerate(zip(stores, eligible)):
+            scores = centroid_scores.to(store.device)
+            totals, probed = store.probe(scores, allowed, params.nprobe)
+            probes.append((segment, totals, probed if allowed is None else probed & allowed, allowed))
+        if sum(int(p[2].sum()) for p in probes) < k:  # too few (matching) documents probed: take all of them
+            probes = [(s, t, torch.ones_like(p) if a is None else a, a) for s, t, p, a in probes]
+        parts = [(s, torch.nonzero(p).squeeze(1), t[p]) for s, t, p, _ in probes if bool(p.any())]
+        parts = _top(parts, params.candidates)
+        if sum(len(docs) for _, docs, _ in parts) > params.rerank:
+            parts = [(s, docs, stores[s].interaction(centroid_scores.to(stores[s].device), docs)) for s, docs, _ in parts]
+            parts = _top(parts, params.rerank)
+        return [(s, docs) for s, docs, _ in parts]
+
+    def prepare_queries(self, matrices: list[torch.Tensor], device: str) -> QueryBatch:
+        vectors = [self.codec.project(m.float()) for m in matrices]
+        centroids = self.codec.centroids.to(device)
+        return QueryBatch(vectors, [v.to(device) @ centroids.T for v in vectors])
+
+    def search_params(self, k: int, overrides: dict[str, Any]) -> SearchParams:
+        params = SearchParams.for_k(k)
+        unknown = set(overrides) - set(params.__dataclass_fields__)
+        if unknown:
+            raise InvalidInputError(f"unknown search settings {sorted(unknown)} (use nprobe, candidates, rerank)")
+        for name, value in overrides.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise InvalidInputError(f"search setting {name} must be a positive integer, got {value!r}")
+        params = replace(params, **overrides)
+        return replace(params, rerank=max(params.rerank, k), candidates=max(params.candidates, params.rerank, k))
