@@ -1,5 +1,7 @@
 """Fixtures shared by every test suite of the repository (core and integrations)."""
 
+import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -25,3 +27,24 @@ def sample_index_path(tmp_path_factory, encoder) -> Path:
     index = Index.create(path, encoder=encoder)
     index.add(list(read_documents(SAMPLE_CORPUS))[:SAMPLE_SIZE])
     return path
+
+
+async def count_loop_ticks(work) -> tuple[int, float, object]:
+    """Awaits ``work`` while a coroutine ticks every millisecond on the same event loop; returns
+    (ticks, seconds, result). A loop blocked by ``work`` ticks about once."""
+    ticks, done = 0, asyncio.Event()
+
+    async def ticker():
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    task = asyncio.create_task(ticker())
+    start = time.perf_counter()
+    try:
+        result = await work
+    finally:
+        done.set()
+        await task
+    return ticks, time.perf_counter() - start, result

@@ -12,7 +12,9 @@ single-query latency, batch-of-32 QPS, bytes per token on disk, peak resident me
 process that opens the index and searches, and build time excluding encoding. Results go to
 benchmarks/results/engine.json and a latency-vs-overlap plot engine.png.
 
-    python benchmarks/engine.py [--modes 16 4 2 1] [--corpus-b-tokens 10000000] [--skip-b]
+    python benchmarks/engine.py [--modes 16 4 2 1] [--sections modes pca b] [--corpus-b-tokens 10000000]
+
+PCA: the same modes with the token space reduced to --pca-dims (default 192 and 128) dimensions.
 """
 
 from __future__ import annotations
@@ -66,11 +68,13 @@ def stored(index: Index) -> tuple[list, list[torch.Tensor]]:
     return [index.get(i) for i in ids], [index.get_embeddings(i) for i in ids]
 
 
-def build(path: Path, docs, embeddings, nbits: int, num_centroids: int | None = None, chunk: int = 4096) -> float:
+def build(path: Path, docs, embeddings, nbits: int, num_centroids: int | None = None, chunk: int = 4096,
+          projection_dim: int | None = None) -> float:
     """Builds a compressed index from stored vectors; returns seconds (no encoding in it)."""
     shutil.rmtree(path, ignore_errors=True)
     start = time.perf_counter()
-    index = Index.create(path, encoder="default", index_type="compressed", nbits=nbits, num_centroids=num_centroids)
+    index = Index.create(path, encoder="default", index_type="compressed", nbits=nbits, num_centroids=num_centroids,
+                         projection_dim=projection_dim)
     for i in range(0, len(docs), chunk):
         index.add(docs[i : i + chunk], embeddings=embeddings[i : i + chunk])
     return time.perf_counter() - start
@@ -95,7 +99,8 @@ def batch_qps(index: Index, queries: list[torch.Tensor], **params) -> float:
 
 
 def candidate_ceiling(index: Index, exact_vectors: dict, queries, exact_top: list[list[str]], params: dict) -> float:
-    """Top-10 overlap with exact search if the final candidates were scored with exact vectors."""
+    """Top-10 overlap with exact search if the final candidates were scored with the exact
+    index's vectors (``exact_vectors``: id -> float16 token matrix)."""
     overlaps = []
     engine, segments = index._engine, index._segments  # benchmark-only look inside the pipeline
     for query, expected in zip(queries, exact_top):
@@ -109,8 +114,9 @@ def candidate_ceiling(index: Index, exact_vectors: dict, queries, exact_top: lis
     return float(np.mean(overlaps))
 
 
-def measure(path: str, queries, qids, qrels, exact_top, exact_vectors, grid, out) -> None:
-    """Runs in a child process so that its peak resident memory is the search's own."""
+def measure(path: str, queries, qids, qrels, exact_top, exact_path, grid, out) -> None:
+    """Runs in a child process so that its peak resident memory is the search's own (its
+    reading of the exact vectors, for the candidate diagnostic, comes after the timings)."""
     index = Index.open(path)
     rows = []
     for params in grid:
@@ -122,16 +128,30 @@ def measure(path: str, queries, qids, qrels, exact_top, exact_vectors, grid, out
                "qps_batch32": batch_qps(index, queries, **params)}
         if qrels is not None:
             row["ndcg@10"] = compute_metrics(run, qrels, ["nDCG@10"])["nDCG@10"]
-        if exact_vectors is not None:
-            row["candidate_overlap@10"] = candidate_ceiling(index, exact_vectors, queries, exact_top, params)
         rows.append(row)
-    out.put({"rows": rows, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-             "info": index.info()})
+    peak_rss_mb = peak_resident_mb()
+    if exact_path is not None:
+        exact = Index.open(exact_path)
+        exact_vectors = {i: exact.get_embeddings(i) for i in exact.ids()}
+        for row, params in zip(rows, grid):
+            row["candidate_overlap@10"] = candidate_ceiling(index, exact_vectors, queries, exact_top, params)
+    out.put({"rows": rows, "peak_rss_mb": peak_rss_mb, "info": index.info()})
+
+
+def peak_resident_mb() -> float:
+    """This process's peak resident memory (VmHWM, which unlike ru_maxrss is not inherited from
+    the parent across fork + exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def in_child(*args):
-    queue = multiprocessing.get_context("fork").Queue()
-    child = multiprocessing.get_context("fork").Process(target=measure, args=(*args, queue))
+    """Runs ``measure`` in a fresh (spawned, not forked: torch's thread pool is not fork-safe) process."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=measure, args=(*args, queue))
     child.start()
     result = queue.get()
     child.join()
@@ -194,12 +214,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", type=int, nargs="+", default=[16, 4, 2, 1])
     parser.add_argument("--corpus-b-tokens", type=int, default=10_000_000)
-    parser.add_argument("--skip-b", action="store_true")
+    parser.add_argument("--sections", nargs="+", choices=["modes", "pca", "b"], default=["modes", "pca", "b"])
+    parser.add_argument("--pca-dims", type=int, nargs="+", default=[192, 128])
     parser.add_argument("--queries", type=int, default=300)
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     torch.manual_seed(0)
-    results: dict = {"machine": {"threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}}
+    output = RESULTS / "engine.json"
+    results: dict = json.loads(output.read_text()) if output.exists() else {}  # sections not rerun are kept
+    results["machine"] = {"threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
 
     # ---------------------------------------------------------------- corpus A
     data = load_beir(DATA / "scifact")
@@ -207,7 +230,6 @@ def main() -> None:
     qids = list(data.queries)[: args.queries]
     queries = Encoder.from_pretrained(device="cpu").encode_queries([data.queries[q] for q in qids])
     docs, vectors = stored(exact)
-    exact_vectors = {d.id: v for d, v in zip(docs, vectors)}
     exact_hits = []
     for i in range(0, len(queries), 32):
         exact_hits += exact.search_batch(queries[i : i + 32], k=10)
@@ -220,14 +242,16 @@ def main() -> None:
                  "bytes_per_token": exact.info()["bytes_per_token"], "tokens": exact.info()["tokens"]}
     print(f"corpus A: {len(docs)} docs, {exact_row['tokens']} tokens; exact nDCG@10 {exact_row['ndcg@10']:.4f}, "
           f"p50 {exact_row['p50_ms']:.1f} ms, p95 {exact_row['p95_ms']:.1f} ms", flush=True)
-    results["corpus_a"] = {"exact": exact_row, "modes": []}
+    results.setdefault("corpus_a", {})["exact"] = exact_row
     header = (f"{'mode':>6} {'settings':<42} {'nDCG@10':>7} {'overlap':>7} {'cand.ov':>7} {'p50 ms':>7} "
               f"{'p95 ms':>7} {'QPS@32':>7} {'B/tok':>6} {'tokB':>6} {'RSS MB':>7} {'build s':>7}")
     print(header)
-    for nbits in args.modes:
+    if "modes" in args.sections:
+        results["corpus_a"]["modes"] = []
+    for nbits in args.modes if "modes" in args.sections else []:
         path = CACHE / f"scifact-{MODE_NAMES[nbits]}"
         build_seconds = build(path, docs, vectors, nbits)
-        measured = in_child(str(path), queries, qids, data.qrels, exact_top, exact_vectors, GRID)
+        measured = in_child(str(path), queries, qids, data.qrels, exact_top, str(exact.path), GRID)
         mode = {"mode": MODE_NAMES[nbits], "build_s": build_seconds, "peak_rss_mb": measured["peak_rss_mb"],
                 "bytes_per_token": measured["info"]["bytes_per_token"], "token_bytes": token_bytes(measured["info"]),
                 "num_centroids": measured["info"]["codec"]["num_centroids"], "rows": measured["rows"]}
@@ -237,13 +261,28 @@ def main() -> None:
                   f"{row['candidate_overlap@10']:>7.3f} {row['p50_ms']:>7.1f} {row['p95_ms']:>7.1f} "
                   f"{row['qps_batch32']:>7.1f} {mode['bytes_per_token']:>6.1f} {mode['token_bytes']:>6.1f} "
                   f"{mode['peak_rss_mb']:>7.0f} {build_seconds:>7.1f}", flush=True)
-    default_2bit = next((m["rows"][1] for m in results["corpus_a"]["modes"] if m["mode"] == "2-bit"), None)
+    default_2bit = next((m["rows"][1] for m in results["corpus_a"].get("modes", []) if m["mode"] == "2-bit"), None)
     if default_2bit:
         print(f"2-bit default: nDCG@10 {default_2bit['ndcg@10'] - exact_row['ndcg@10']:+.4f} vs exact, "
               f"latency ratio exact/2-bit = {exact_row['p50_ms'] / default_2bit['p50_ms']:.1f}x (floor 20x)")
 
+    # ---------------------------------------------------------------- PCA dimension reduction
+    if "pca" in args.sections:
+        results["corpus_a"]["pca"] = []
+        print(f"PCA: {'dims':>4} {'mode':>6} {'nDCG@10':>7} {'vs exact':>8} {'overlap':>7} {'p50 ms':>7} {'B/tok':>6}")
+        for dims in args.pca_dims:
+            for nbits in args.modes:
+                path = CACHE / f"scifact-{MODE_NAMES[nbits]}-pca{dims}"
+                build_seconds = build(path, docs, vectors, nbits, projection_dim=dims)
+                measured = in_child(str(path), queries, qids, data.qrels, exact_top, None, [dict()])
+                row = {"dims": dims, "mode": MODE_NAMES[nbits], "build_s": build_seconds,
+                       "bytes_per_token": measured["info"]["bytes_per_token"], **measured["rows"][0]}
+                results["corpus_a"]["pca"].append(row)
+                print(f"PCA: {dims:>4} {row['mode']:>6} {row['ndcg@10']:>7.4f} {row['ndcg@10'] - exact_row['ndcg@10']:>+8.4f} "
+                      f"{row['overlap@10']:>7.3f} {row['p50_ms']:>7.1f} {row['bytes_per_token']:>6.1f}", flush=True)
+
     # ---------------------------------------------------------------- corpus B
-    if not args.skip_b:
+    if "b" in args.sections:
         docs_b, vectors_b, tokens_b = corpus_b(args.corpus_b_tokens, np.random.default_rng(0))
         path = CACHE / "corpus-b-2-bit"
         build_seconds = build(path, docs_b, vectors_b, 2, num_centroids=num_centroids_for(tokens_b))
@@ -252,13 +291,16 @@ def main() -> None:
         row = measured["rows"][0]
         results["corpus_b"] = {"tokens": tokens_b, "build_s": build_seconds, "peak_rss_mb": measured["peak_rss_mb"],
                                "bytes_per_token": measured["info"]["bytes_per_token"], **row}
-        ratio = row["p50_ms"] / default_2bit["p50_ms"] if default_2bit else float("nan")
+        if default_2bit is None:
+            default_2bit = next(m["rows"][1] for m in results["corpus_a"]["modes"] if m["mode"] == "2-bit")
+        ratio = row["p50_ms"] / default_2bit["p50_ms"]
         print(f"corpus B: {tokens_b} tokens ({tokens_b / exact_row['tokens']:.1f}x A), 2-bit default: "
               f"p50 {row['p50_ms']:.1f} ms, p95 {row['p95_ms']:.1f} ms, QPS@32 {row['qps_batch32']:.1f}, "
               f"build {build_seconds:.0f} s, RSS {measured['peak_rss_mb']:.0f} MB; p50 B/A = {ratio:.2f} (floor < 3)")
-    with open(RESULTS / "engine.json", "w") as f:
+    with open(output, "w") as f:
         json.dump(results, f, indent=1)
-    plot(results, RESULTS / "engine.png")
+    if results["corpus_a"].get("modes"):
+        plot(results, RESULTS / "engine.png")
 
 
 if __name__ == "__main__":

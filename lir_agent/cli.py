@@ -16,7 +16,6 @@ from typing import Iterable, Iterator
 from tqdm.auto import tqdm
 
 from .corpus import read_documents
-from .encoder import Encoder
 from .errors import LIRError, NotAnIndexError
 from .eval import DEFAULT_METRICS, evaluate, load_beir
 from .index import Index
@@ -42,15 +41,21 @@ def index_collection(index: Index, documents: Iterable[dict], upsert: bool = Fal
     return added
 
 
-def _open_or_create(directory: str, encoder_name: str | None) -> Index:
+def _open_or_create(args: argparse.Namespace, directory: str | Path) -> Index:
     try:
-        return Index.open(directory, encoder=encoder_name)
+        return Index.open(directory, encoder=args.encoder)
     except NotAnIndexError:
-        return Index.create(directory, encoder=encoder_name)
+        return Index.create(directory, encoder=args.encoder, index_type=args.index_type, nbits=args.nbits,
+                            projection_dim=args.projection_dim)
+
+
+def _search_params(args: argparse.Namespace) -> dict[str, int]:
+    names = ("nprobe", "candidates", "rerank")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def cmd_index(args: argparse.Namespace) -> None:
-    index = _open_or_create(args.index, args.encoder)
+    index = _open_or_create(args, args.index)
     start = time.perf_counter()
     added = index_collection(index, read_documents(args.path), upsert=args.upsert, batch_size=args.batch_size)
     if args.compact:
@@ -61,7 +66,8 @@ def cmd_index(args: argparse.Namespace) -> None:
 
 def cmd_search(args: argparse.Namespace) -> None:
     index = Index.open(args.index)
-    hits = index.search(args.query, k=args.k, filter=json.loads(args.filter) if args.filter else None)
+    hits = index.search(args.query, k=args.k, filter=json.loads(args.filter) if args.filter else None,
+                        **_search_params(args))
     if args.json:
         print(json.dumps([hit.__dict__ for hit in hits], ensure_ascii=False, indent=1))
         return
@@ -82,18 +88,18 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(json.dumps(info, indent=1))
 
 
-def _eval_cache_dir(dataset_dir: Path, encoder_name: str, index_type: str, cache_root: Path) -> Path:
+def _eval_cache_dir(dataset_dir: Path, args: argparse.Namespace, cache_root: Path) -> Path:
     corpus = (dataset_dir / "corpus.jsonl").stat()
-    key = json.dumps([str(dataset_dir.resolve()), corpus.st_size, corpus.st_mtime_ns, encoder_name, index_type])
+    key = json.dumps([str(dataset_dir.resolve()), corpus.st_size, corpus.st_mtime_ns, args.encoder or "default",
+                      args.index_type, args.nbits, args.projection_dim])
     return cache_root / f"{dataset_dir.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     dataset_dir = Path(args.dataset)
     dataset = load_beir(dataset_dir, split=args.split)
-    encoder_name = args.encoder or "default"
     cache_root = Path(args.cache_dir or os.environ.get("LIR_AGENT_CACHE", Path.home() / ".cache" / "lir_agent" / "eval"))
-    cache = _eval_cache_dir(dataset_dir, encoder_name, args.index_type, cache_root)
+    cache = _eval_cache_dir(dataset_dir, args, cache_root)
     index = None
     if cache.exists():
         try:
@@ -105,13 +111,26 @@ def cmd_eval(args: argparse.Namespace) -> None:
         if index is None:
             shutil.rmtree(cache)
     if index is None:
-        index = Index.create(cache, encoder=Encoder.from_pretrained(encoder_name))
+        index = _open_or_create(args, cache)
         index_collection(index, dataset.corpus, batch_size=args.batch_size, total=len(dataset.corpus))
         index.compact()
     else:
         print(f"using the cached index {cache}", file=sys.stderr)
-    for name, value in evaluate(index, dataset, metrics=args.metrics).items():
+    for name, value in evaluate(index, dataset, metrics=args.metrics, **_search_params(args)).items():
         print(f"{name} {value:.4f}")
+
+
+def _index_options(parser: argparse.ArgumentParser, default_type: str) -> None:
+    parser.add_argument("--index-type", choices=["auto", "exact", "compressed"], default=default_type,
+                        help=f"for a new index (default: {default_type}; auto compresses above a small corpus size)")
+    parser.add_argument("--nbits", type=int, choices=[1, 2, 4, 16], default=2,
+                        help="bits per dimension of compressed residuals (16: float16)")
+    parser.add_argument("--projection-dim", type=int, help="PCA-reduce token vectors to this many dimensions")
+
+
+def _search_options(parser: argparse.ArgumentParser) -> None:
+    for name in ("nprobe", "candidates", "rerank"):
+        parser.add_argument(f"--{name}", type=int, help=f"compressed search: {name} (default depends on k)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="JSONL of {_id|id, text, title?, metadata?} records, or a folder")
     p.add_argument("--index", required=True, help="index directory (created if absent)")
     p.add_argument("--encoder", help="model name or path (default: bundled all-MiniLM-L6-v2)")
+    _index_options(p, default_type="auto")
     p.add_argument("--upsert", action="store_true", help="replace documents whose ids exist")
     p.add_argument("--compact", action="store_true", help="merge segments when done")
     p.add_argument("--batch-size", type=int, default=32)
@@ -133,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--filter", help='metadata filter as JSON, e.g. \'{"year": {"$gte": 2020}}\'')
     p.add_argument("--json", action="store_true", help="print hits as JSON")
+    _search_options(p)
     p.set_defaults(func=cmd_search)
 
     p = commands.add_parser("info", help="describe an index")
@@ -142,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("eval", help="index a BEIR folder (cached) and score its judged queries")
     p.add_argument("dataset")
-    p.add_argument("--index-type", choices=["exact"], default="exact")
     p.add_argument("--encoder", help="model name or path (default: bundled all-MiniLM-L6-v2)")
+    _index_options(p, default_type="exact")
+    _search_options(p)
     p.add_argument("--split", default="test")
     p.add_argument("--metrics", nargs="+", default=list(DEFAULT_METRICS))
     p.add_argument("--cache-dir", help="where built indexes are kept between runs")

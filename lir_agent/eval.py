@@ -102,7 +102,7 @@ def compute_metrics(run: Run, qrels: Qrels, metrics: Sequence[str] = DEFAULT_MET
 
 
 def run_queries(index: "Index", queries: Mapping[str, str], k: int = 100, batch_size: int = 32,
-                show_progress: bool | None = None) -> Run:
+                show_progress: bool | None = None, **search_params: int) -> Run:
     """Searches every query; returns {query id: {doc id: score}}."""
     from tqdm.auto import tqdm
 
@@ -111,14 +111,14 @@ def run_queries(index: "Index", queries: Mapping[str, str], k: int = 100, batch_
     starts = range(0, len(ids), batch_size)
     for start in tqdm(starts, desc="searching", unit="batch", disable=show_progress is False or None):
         batch = ids[start : start + batch_size]
-        for qid, hits in zip(batch, index.search_batch([queries[q] for q in batch], k=k)):
+        for qid, hits in zip(batch, index.search_batch([queries[q] for q in batch], k=k, **search_params)):
             run[qid] = {hit.id: hit.score for hit in hits}
     return run
 
 
 def evaluate(index: "Index", dataset: BeirDataset, metrics: Sequence[str] = DEFAULT_METRICS,
-             show_progress: bool | None = None) -> dict[str, float]:
+             show_progress: bool | None = None, **search_params: int) -> dict[str, float]:
     """Runs the data set's judged queries against ``index`` and scores the run."""
     depth = max(int(m.partition("@")[2] or 10) for m in metrics)
-    run = run_queries(index, dataset.queries, k=depth, show_progress=show_progress)
+    run = run_queries(index, dataset.queries, k=depth, show_progress=show_progress, **search_params)
     return compute_metrics(run, dataset.qrels, metrics)

@@ -163,7 +163,8 @@ class Index:
         if codec is not None:
             if codec.input_dim != encoder.dim:
                 raise InvalidInputError(f"the codec takes {codec.input_dim}-d vectors, the encoder gives {encoder.dim}-d")
-            index_type, nbits = "compressed", codec.nbits
+            index_type, nbits, num_centroids = "compressed", codec.nbits, codec.num_centroids
+            projection_dim = codec.dim if codec.projection is not None else None
         path.mkdir(parents=True, exist_ok=True)
         (path / storage.SEGMENTS).mkdir(exist_ok=True)
         compress = None

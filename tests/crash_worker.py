@@ -11,13 +11,13 @@ DOCS_PER_ADD = 40
 
 
 def operations(count: int):
-    """The deterministic write sequence: ("add", docs), ("upsert", docs), ("delete", ids), ("compact",)."""
+    """The deterministic write sequence: ("add", docs), ("upsert", docs), ("delete", ids), ("rewrite",)."""
     ops = []
     for j in range(count):
         if j % 4 == 3:
             ops.append(("delete", [f"d{j - 1}-{i}" for i in range(0, DOCS_PER_ADD, 3)]))
         elif j % 5 == 4:
-            ops.append(("compact",))
+            ops.append(("rewrite",))
         elif j % 7 == 6:
             ops.append(("upsert", [(f"d{j - 2}-{i}", f"new text {j}-{i}", 10_000 + j * 100 + i) for i in range(10)]))
         else:
@@ -36,6 +36,8 @@ def apply(index: Index, op) -> None:
         index.add(docs, embeddings=[embedding(s) for _, _, s in op[1]], upsert=op[0] == "upsert")
     elif op[0] == "delete":
         index.delete(op[1], missing_ok=True)
+    elif index.index_type == "compressed":
+        index.optimize(force=True)  # re-trains the codec and rewrites every segment
     else:
         index.compact()
 

@@ -85,3 +85,23 @@ def test_eval_command_prints_metrics_and_caches(tmp_path, capsys):
     assert main(args) == 0
     second = capsys.readouterr()
     assert "using the cached index" in second.err and second.out == first.out
+
+
+def test_compressed_index_from_the_command_line(tmp_path, capsys):
+    corpus = tmp_path / "docs.jsonl"
+    topics = ["volcanoes erupt lava and ash", "neural networks learn weights", "bread rises with yeast",
+              "comets orbit the sun", "rivers carve canyons over time"]
+    corpus.write_text("\n".join(json.dumps({"id": f"n{i}", "text": f"Note {i}: {topics[i % 5]}, variant {i}."})
+                                for i in range(60)) + "\n")
+    index_dir = tmp_path / "idx"
+    assert main(["index", str(corpus), "--index", str(index_dir), "--index-type", "compressed", "--nbits", "4"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(index_dir)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["index_type"] == "compressed" and info["codec"]["nbits"] == 4
+    assert info["codec"]["token_bytes_per_token"] == 384 * 4 // 8 + 2
+    assert main(["search", str(index_dir), "how does yeast make bread rise", "-k", "3", "--json", "--nprobe", "2"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 3 and all("bread" in h["text"] for h in hits)
+    assert main(["search", str(index_dir), "yeast", "--nprobe", "0"]) == 2
+    assert "positive integer" in capsys.readouterr().err

@@ -197,3 +197,17 @@ def test_cuda_gives_the_cpu_top10(tmp_path, encoder, corpus):
     on_gpu = Index.open(index.path, device="cuda")
     for query in queries_for(topics, 10, seed=15):
         assert [h.id for h in on_gpu.search(query, k=10)] == [h.id for h in index.search(query, k=10)]
+
+
+def test_batch_search_equals_single_searches(tmp_path, encoder, corpus):
+    docs, matrices, topics = corpus
+    index = Index.create(tmp_path / "idx", encoder=encoder, index_type="compressed", nbits=2)
+    index.add(docs, embeddings=matrices)
+    queries = queries_for(topics, 12, seed=21)
+    threads = torch.get_num_threads()
+    batched = index.search_batch(queries, k=7, filter={"group": {"$lte": 4}})
+    assert torch.get_num_threads() == threads  # restored after the batch
+    for query, hits in zip(queries, batched):
+        single = index.search(query, k=7, filter={"group": {"$lte": 4}})
+        assert [h.id for h in hits] == [h.id for h in single]
+        np.testing.assert_allclose([h.score for h in hits], [h.score for h in single], rtol=1e-5)

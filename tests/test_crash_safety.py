@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from lir_agent import Index
+from lir_agent.codec import ResidualCodec
 
 sys.path.insert(0, str(Path(__file__).parent))
 from crash_worker import embedding, operations  # noqa: E402
@@ -35,10 +36,20 @@ def expected_states(ops):
     return states
 
 
+def make_template(path, encoder, index_type):
+    if index_type == "exact":
+        return Index.create(path, encoder=encoder, index_type="exact")
+    # float16 residuals: the compressed write paths (codes, inverted lists, codec swaps) with
+    # vectors that come back exactly, so the check below can compare them
+    sample = torch.cat([embedding(seed) for seed in range(40)])
+    return Index.create(path, encoder=encoder, codec=ResidualCodec.fit(sample, nbits=16, num_centroids=32))
+
+
 @pytest.mark.slow
-def test_killed_writer_leaves_a_consistent_index(tmp_path, encoder):
+@pytest.mark.parametrize("index_type", ["exact", "compressed"])
+def test_killed_writer_leaves_a_consistent_index(tmp_path, encoder, index_type):
     template = tmp_path / "template"
-    Index.create(template, encoder=encoder)
+    make_template(template, encoder, index_type)
     states = expected_states(operations(N_OPS))
     rng = random.Random(1234)
     reached = set()
@@ -55,6 +66,7 @@ def test_killed_writer_leaves_a_consistent_index(tmp_path, encoder):
 
         index = Index.open(directory)
         index.verify()
+        assert index.index_type == index_type
         found = {doc_id: index.get(doc_id).text for doc_id in index.ids()}
         matches = [j for j, s in enumerate(states) if {k: v[0] for k, v in s.items()} == found]
         assert matches, f"round {round_number}: reopened state matches no prefix of the writes"
@@ -68,5 +80,7 @@ def test_killed_writer_leaves_a_consistent_index(tmp_path, encoder):
         names = {p.name for p in (directory / "segments").iterdir()}
         manifest = json.loads((directory / "manifest.json").read_text())
         assert names == {entry["name"] for entry in manifest["segments"]}
+        codecs = {p.name for p in directory.glob("codec-*")}
+        assert codecs == ({manifest["codec"]["dir"]} if manifest["codec"] else set())
     intermediate = reached - {0, len(states) - 1}
     assert len(intermediate) >= 3, f"kills landed only at {sorted(reached)}; the test would prove little"

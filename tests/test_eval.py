@@ -60,7 +60,7 @@ def test_beir_loader_reads_scifact():
 def test_scifact_quality_floor(tmp_path, encoder):
     """Exact search with the default encoder: nDCG@10 >= 0.70 on SciFact test (reference 0.713)."""
     data = load_beir(SCIFACT)
-    index = Index.create(tmp_path / "scifact", encoder=encoder)
+    index = Index.create(tmp_path / "scifact", encoder=encoder, index_type="exact")
     index.add(data.corpus, batch_size=32)
     metrics = evaluate(index, data, metrics=["nDCG@10", "Recall@100"])
     print(metrics)

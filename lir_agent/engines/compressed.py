@@ -26,7 +26,6 @@ not depend on how its documents are split into segments.
 
 from __future__ import annotations
 
-import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -216,12 +215,18 @@ class CompressedEngine:
             triples = [(score, s, row) for s, docs, scores in best for score, row in zip(scores.tolist(), docs.tolist())]
             return sorted(triples, key=lambda t: -t[0])
 
-        count = len(queries.vectors)
-        if count > 1 and all(s.device == "cpu" for s in stores):
-            # much of a query's work is single-threaded (gathers, numpy reductions, Python):
-            # the queries of a batch run side by side, one per core
-            with ThreadPoolExecutor(max_workers=min(count, os.cpu_count() or 1)) as pool:
-                return list(pool.map(one, range(count)))
+        count, workers = len(queries.vectors), min(len(queries.vectors), torch.get_num_threads())
+        if workers > 1 and all(s.device == "cpu" for s in stores):
+            # A query's work is many small operations: the queries of a batch run side by side,
+            # one per core, each with single-threaded operations (torch's thread count is
+            # process-wide, so it is lowered for the duration of the batch).
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    return list(pool.map(one, range(count)))
+            finally:
+                torch.set_num_threads(threads)
         return [one(i) for i in range(count)]
 
     def candidates(self, stores: list[CompressedSegment], eligible: list[torch.Tensor | None],

@@ -40,10 +40,21 @@ class ReadDocumentInput(BaseModel):
     offset: int = Field(default=0, ge=0, description="Character offset to start reading at.")
 
 
-class LIRSearchTool(BaseTool):
-    """Searches the index; content: numbered passages within a token budget; artifact: Documents."""
+class _LIRTool(BaseTool):
+    """What the LIR tools share: a retriever, a token budget, content-and-artifact answers, and
+    errors handed back to the model instead of raised."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
+    handle_tool_error: bool = True
+    handle_validation_error: Any = explain_validation_error
+    retriever: LIRRetriever
+    max_tokens: int = Field(default=1500, ge=50, description="Token budget of the text handed to the model.")
+
+
+class LIRSearchTool(_LIRTool):
+    """Searches the index; content: numbered passages within a token budget; artifact: Documents."""
 
     name: str = "lir_search"
     description: str = (
@@ -51,11 +62,6 @@ class LIRSearchTool(BaseTool):
         "Rephrase and search again if the passages do not answer the question."
     )
     args_schema: type[BaseModel] = SearchInput
-    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
-    handle_tool_error: bool = True
-    handle_validation_error: Any = explain_validation_error
-    retriever: LIRRetriever
-    max_tokens: int = Field(default=1500, ge=50, description="Token budget of the text handed to the model.")
 
     def _format(self, documents: list[Document]) -> tuple[str, list[Document]]:
         passages = [(d.id, d.metadata["score"], d.page_content) for d in documents]
@@ -78,10 +84,8 @@ class LIRSearchTool(BaseTool):
             raise ToolException(str(exc)) from exc
 
 
-class LIRReadDocumentTool(BaseTool):
+class LIRReadDocumentTool(_LIRTool):
     """Reads one document by id, a page at a time (for documents longer than a search passage)."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
 
     name: str = "lir_read_document"
     description: str = (
@@ -89,11 +93,6 @@ class LIRReadDocumentTool(BaseTool):
         "If the page ends early, call again with the offset it gives."
     )
     args_schema: type[BaseModel] = ReadDocumentInput
-    response_format: Literal["content", "content_and_artifact"] = "content_and_artifact"
-    handle_tool_error: bool = True
-    handle_validation_error: Any = explain_validation_error
-    retriever: LIRRetriever
-    max_tokens: int = Field(default=1500, ge=50)
 
     def _run(self, id: str, offset: int = 0,
              run_manager: CallbackManagerForToolRun | None = None) -> tuple[str, Document]:

@@ -4,13 +4,13 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 from typing import Any
 
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
 
 from langchain_lir import LIRRetriever
+from conftest import count_loop_ticks
 from lir_agent import Index
 
 QUERY = "Which game was originally published as Chaos Progenitus?"
@@ -45,21 +45,8 @@ def test_needs_an_index():
 async def test_async_search_does_not_block_the_event_loop(sample_index_path):
     retriever = LIRRetriever(index_path=str(sample_index_path), k=3)
     await retriever.ainvoke(QUERY)  # warm up (loads the encoder)
-    ticks = 0
-    done = asyncio.Event()
-
-    async def ticker():
-        nonlocal ticks
-        while not done.is_set():
-            ticks += 1
-            await asyncio.sleep(0.001)
-
-    task = asyncio.create_task(ticker())
-    start = time.perf_counter()
-    results = await asyncio.gather(*(retriever.ainvoke(f"{QUERY} {i}") for i in range(8)))
-    elapsed = time.perf_counter() - start
-    done.set()
-    await task
+    work = asyncio.gather(*(retriever.ainvoke(f"{QUERY} {i}") for i in range(8)))
+    ticks, elapsed, results = await count_loop_ticks(work)
     assert all(len(r) == 3 for r in results)
     # a blocked loop would tick about once; a free one ticks throughout the searches
     assert ticks >= max(5, int(elapsed / 0.001 * 0.1)), (ticks, elapsed)
