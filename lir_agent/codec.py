@@ -44,8 +44,13 @@ class ResidualCodec:
     # ------------------------------------------------------------------ fitting
     @classmethod
     def fit(cls, tokens: torch.Tensor, nbits: int = 2, num_centroids: int | None = None,
-            projection_dim: int | None = None, seed: int = 0, kmeans_iterations: int = 8) -> "ResidualCodec":
-        """Learns the codec from a corpus's token vectors (a sample is drawn, seeded)."""
+            projection_dim: int | None = None, seed: int = 0, kmeans_iterations: int = 8,
+            projection_of: "ResidualCodec | None" = None) -> "ResidualCodec":
+        """Learns the codec from a corpus's token vectors (a sample is drawn, seeded).
+
+        ``projection_of``: re-train centroids and buckets on vectors already in that codec's
+        projected space, keeping its projection (how a projected index is re-optimised).
+        """
         if nbits not in NBITS:
             raise ValueError(f"nbits must be one of {NBITS}, got {nbits}")
         generator = torch.Generator().manual_seed(seed)
@@ -66,6 +71,8 @@ class ResidualCodec:
             cutoffs, weights = torch.empty(dim, 0), torch.empty(dim, 0)
         else:
             cutoffs, weights = _fit_buckets(residuals, 2**nbits)
+        if projection_of is not None:
+            projection, projection_mean = projection_of.projection, projection_of.projection_mean
         return cls(nbits, centroids, cutoffs, weights, projection, projection_mean,
                    float(residuals.norm(dim=1).mean()))
 
@@ -106,9 +113,10 @@ class ResidualCodec:
             return vectors
         return _project(vectors.float(), self.projection_mean, self.projection)
 
-    def encode(self, vectors: torch.Tensor) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-        """(codes, packed residuals, residual norms) of (n, input_dim) vectors."""
-        vectors = self.project(vectors.float())
+    def encode(self, vectors: torch.Tensor, projected: bool = False) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        """(codes, packed residuals, residual norms) of (n, input_dim) vectors, or of vectors
+        already in the codec's space (``projected=True``, e.g. decoded ones)."""
+        vectors = vectors.float() if projected else self.project(vectors.float())
         codes = assign(vectors, self.centroids)
         residual = vectors - self.centroids[codes]
         if self.nbits == 16:

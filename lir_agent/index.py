@@ -514,19 +514,21 @@ class Index:
         lengths = [int(seg.lengths[row]) for seg, row, _ in live] + [int(m.shape[0]) for m in extra_vectors]
         docs = [doc for _, _, doc in live] + list(extra_docs)
         compress = manifest["compress"]
+        # Stored vectors of a compressed index come back decoded, in its codec's (projected) space:
+        # a projected index keeps its projection and re-trains centroids and buckets there.
+        old_codec = self._engine.codec if self.index_type == "compressed" else None
+        keep_projection = old_codec if old_codec is not None and old_codec.projection is not None else None
         codec = ResidualCodec.fit(_sample_vectors(sources, lengths), nbits=compress["nbits"],
                                   num_centroids=compress["num_centroids"] or num_centroids_for(sum(lengths)),
-                                  projection_dim=compress["projection_dim"])
+                                  projection_dim=None if keep_projection else compress["projection_dim"],
+                                  projection_of=keep_projection)
         codec_entry = _save_codec(self.path, codec, manifest["generation"] + 1)
         engine = CompressedEngine(codec)
-        stats = {"tokens": 0.0, "residual_norm_sum": 0.0}
 
         def payloads() -> Iterator[dict[str, np.ndarray]]:
             for start in range(0, len(sources), ENCODE_CHUNK_DOCS):
-                chunk, chunk_stats = engine.encode([source() for source in sources[start : start + ENCODE_CHUNK_DOCS]])
-                for key in stats:
-                    stats[key] += chunk_stats[key]
-                yield from chunk
+                chunk = [source() for source in sources[start : start + ENCODE_CHUNK_DOCS]]
+                yield from engine.encode(chunk, projected=keep_projection is not None)[0]
 
         manifest["segments"] = []
         manifest["segments"] = self._write_rows(manifest, docs, lengths, payloads(), engine)

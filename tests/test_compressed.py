@@ -211,3 +211,17 @@ def test_batch_search_equals_single_searches(tmp_path, encoder, corpus):
         single = index.search(query, k=7, filter={"group": {"$lte": 4}})
         assert [h.id for h in hits] == [h.id for h in single]
         np.testing.assert_allclose([h.score for h in hits], [h.score for h in single], rtol=1e-5)
+
+
+def test_optimize_keeps_the_projection(tmp_path, encoder):
+    docs, matrices, topics = clustered(200, seed=16)
+    index = Index.create(tmp_path / "idx", encoder=encoder, index_type="compressed", nbits=4, projection_dim=96)
+    index.add(docs, embeddings=matrices)
+    query = queries_for(topics, 1, seed=4)[0]
+    before = [h.id for h in index.search(query, k=5)]
+    assert index.optimize(force=True) is True
+    reopened = Index.open(index.path)
+    assert reopened.info()["codec"]["dim"] == 96 and reopened.info()["codec"]["projected"]
+    assert reopened.get_embeddings(docs[0]["id"]).shape == (matrices[0].shape[0], 96)
+    after = [h.id for h in reopened.search(query, k=5)]
+    assert len(set(before) & set(after)) >= 4

@@ -180,9 +180,12 @@ class CompressedEngine:
         shape, dtype = self.codec.residual_shape
         return {"codes": ((), self.codec.code_dtype), "residuals": (shape, dtype)}
 
-    def encode(self, matrices: Sequence[torch.Tensor]) -> tuple[list[dict[str, np.ndarray]], dict[str, float]]:
+    def encode(self, matrices: Sequence[torch.Tensor],
+               projected: bool = False) -> tuple[list[dict[str, np.ndarray]], dict[str, float]]:
+        """Payloads of token matrices (``projected``: already in the codec's space), and the
+        residual statistics that drift tracking adds up."""
         lengths = [int(m.shape[0]) for m in matrices]
-        codes, residuals, norms = self.codec.encode(torch.cat(list(matrices)))
+        codes, residuals, norms = self.codec.encode(torch.cat(list(matrices)), projected=projected)
         bounds = np.concatenate([[0], np.cumsum(lengths)])
         payloads = [{"codes": codes[a:b], "residuals": residuals[a:b]} for a, b in zip(bounds[:-1], bounds[1:])]
         return payloads, {"tokens": float(len(norms)), "residual_norm_sum": float(norms.sum())}
