@@ -7,8 +7,12 @@ The public API::
     index = Index.create("my-index")                  # bundled all-MiniLM-L6-v2 encoder
     index.add([{"id": "a", "text": "...", "metadata": {"year": 2020}}])
     hits = index.search("a question", k=5, filter={"year": {"$gte": 2019}})
+
+``Index.create(path, index_type="compressed", nbits=2)`` gives the PLAID-class engine; an index
+is exact until 250,000 tokens and compressed above by default.
 """
 
+from .codec import ResidualCodec
 from .encoder import DEFAULT_MODEL, Encoder, EncoderSettings
 from .errors import (
     DocumentNotFoundError,
@@ -41,6 +45,7 @@ __all__ = [
     "LIRError",
     "NotAnIndexError",
     "PackedEmbeddings",
+    "ResidualCodec",
     "SearchHit",
     "maxsim_topk",
 ]
