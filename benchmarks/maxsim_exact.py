@@ -18,7 +18,7 @@ import time
 import torch
 
 from lir_agent import maxsim_topk
-from lir_agent.maxsim import DEFAULT_CHUNK_BYTES
+from lir_agent.maxsim import chunk_tokens_for
 
 QUERY_TOKENS = 32
 
@@ -78,7 +78,7 @@ def main() -> None:
                 seconds = best_time(lambda: maxsim_topk(queries, tokens, offsets, 10), args.repeats)
                 dots = tokens.shape[0] * query_tokens
                 gflops = 2 * dim * dots / seconds / 1e9
-                chunk = max(256, DEFAULT_CHUNK_BYTES // (query_tokens * (4 if compute_dtype == torch.float32 else 2)))
+                chunk = chunk_tokens_for(query_tokens, dim, compute_dtype)
                 same_shape = matmul_gflops(query_tokens, dim, min(chunk, tokens.shape[0]), args.device, compute_dtype)
                 reference = max(peak, same_shape)
                 row = dict(dim=dim, tokens=int(tokens.shape[0]), batch=batch, ms=seconds * 1e3,

@@ -16,7 +16,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
-DEFAULT_CHUNK_BYTES = 16 * 2**20
+DEFAULT_CHUNK_BYTES = 8 * 2**20  # a chunk and its similarity block stay cache-sized
+
+
+def chunk_tokens_for(query_tokens: int, dim: int, dtype: torch.dtype, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
+    """Document tokens per chunk so that the converted chunk plus its similarity block (one row
+    per query token) take about ``max_chunk_bytes``; at least 256."""
+    item = torch.finfo(dtype).bits // 8
+    return max(256, max_chunk_bytes // (item * (query_tokens + dim)))
 
 
 def chunk_bounds(offsets: np.ndarray, chunk_tokens: int) -> list[tuple[int, int]]:
@@ -91,8 +98,7 @@ def maxsim_topk(
 
     best_scores = torch.empty(batch, 0, device=device, dtype=torch.float32)
     best_ids = torch.empty(batch, 0, device=device, dtype=torch.int64)
-    bytes_per_token = sum(query_lengths) * (4 if compute_dtype == torch.float32 else 2)
-    chunk_tokens = max(256, max_chunk_bytes // max(bytes_per_token, 1))
+    chunk_tokens = chunk_tokens_for(sum(query_lengths), query_tokens.shape[1], compute_dtype, max_chunk_bytes)
     for start, end in chunk_bounds(offsets, chunk_tokens):
         chunk_mask = None if mask is None else torch.from_numpy(mask[start:end]).to(device)
         if chunk_mask is not None and not bool(chunk_mask.any()):
