@@ -275,6 +275,9 @@ class Index:
                 if not segment.deleted[row]:
                     yield segment, row, doc
 
+    def _live_tokens(self) -> int:
+        return sum(int(s.lengths[~s.deleted].sum()) for s in self._segments)
+
     def _locate(self, doc_id: str) -> tuple[_Segment, int]:
         if doc_id not in self._where:
             raise DocumentNotFoundError(f"no document with id {doc_id!r}")
@@ -382,9 +385,8 @@ class Index:
             replaced = [self._where[d.id] for d in docs if d.id in self._where]
             _delete_rows(manifest, replaced)
             compress = manifest["compress"]
-            live_tokens = sum(int(s.lengths[~s.deleted].sum()) for s in self._segments)
             new_tokens = sum(int(m.shape[0]) for m in matrices)
-            if manifest["index_type"] == "exact" and compress and live_tokens + new_tokens >= compress["min_tokens"]:
+            if manifest["index_type"] == "exact" and compress and self._live_tokens() + new_tokens >= compress["min_tokens"]:
                 self._rewrite_locked(manifest, extra=(docs, matrices))  # the corpus is now big enough to compress
                 return [d.id for d in docs]
             payloads, stats = self._engine.encode(matrices)
@@ -456,10 +458,11 @@ class Index:
                 try:
                     yield json.loads(json.dumps(on_disk))
                 except BaseException:
-                    # the write did not commit: return to what is on disk
+                    # the write did not commit: return to what is on disk (_apply keeps only
+                    # the segments it names; ones opened under a new codec cannot be reused)
+                    if on_disk["codec"] != self._manifest["codec"]:
+                        self._segments = []
                     self._engine = self._make_engine(on_disk)
-                    self._segments = [s for s in self._segments if s.entry["name"] in
-                                      {e["name"] for e in on_disk["segments"]}] if on_disk["index_type"] == self.index_type else []
                     self._apply(on_disk)
                     raise
             finally:
@@ -540,7 +543,7 @@ class Index:
     # ---------------------------------------------------------------- info
     def info(self) -> dict[str, Any]:
         """A summary: counts, dims, engine, segments and bytes on disk."""
-        live_tokens = sum(int(s.lengths[~s.deleted].sum()) for s in self._segments)
+        live_tokens = self._live_tokens()
         disk = sum(f["size"] for s in self._segments for f in s.entry["files"].values())
         info = {
             "path": str(self.path),
