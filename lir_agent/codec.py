@@ -3,9 +3,12 @@
 Each token vector ``x`` is stored as the id of its nearest centroid ``c`` plus its residual
 ``x - c`` quantised to ``nbits`` per dimension (1, 2 or 4), packed into bytes. Bucket cut-offs
 and bucket values are learned per dimension from the residual distribution (quantiles), so a
-dimension with small residuals gets fine buckets. ``nbits=16`` keeps the vector itself in
-float16 (lossless relative to the exact index) next to its centroid id, which candidate
-generation still needs. Decoding is vectorised: one table lookup per byte.
+dimension with small residuals gets fine buckets. With the residual goes a float16 ``scale``,
+the inverse norm of the reconstructed vector ``c + r``, so scores against the unit-norm
+decoded token need no decoding of ``c``: ``q·x = (q·c + q·r) · scale``, where ``q·c`` is the
+query's centroid score (already computed for candidate generation) and ``r`` comes from one
+table lookup per byte. ``nbits=16`` keeps the vector itself in float16 (lossless relative to
+the exact index) next to its centroid id, which candidate generation still needs.
 
 An optional PCA projection (fitted on the corpus, for plain encoders with wide token states)
 reduces the dimension before all of this; it is applied to queries too.
@@ -94,17 +97,24 @@ class ResidualCodec:
     def code_dtype(self) -> np.dtype:
         return np.dtype(np.uint16) if self.num_centroids <= 2**16 else np.dtype(np.int32)
 
-    @property
-    def residual_shape(self) -> tuple[tuple[int], np.dtype]:
-        """Per-token residual storage: (shape, dtype)."""
+    def schema(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Per-token arrays of an encoded vector: name -> (shape, dtype)."""
+        arrays = {"codes": ((), self.code_dtype)}
         if self.nbits == 16:
-            return (self.dim,), np.dtype(np.float16)
-        return (self.dim * self.nbits // 8,), np.dtype(np.uint8)
+            return arrays | {"residuals": ((self.dim,), np.dtype(np.float16))}
+        return arrays | {"residuals": ((self.dim * self.nbits // 8,), np.dtype(np.uint8)),
+                         "scales": ((), np.dtype(np.float16))}
 
     @property
     def bytes_per_token(self) -> int:
-        shape, dtype = self.residual_shape
-        return shape[0] * dtype.itemsize + self.code_dtype.itemsize
+        return sum(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize for shape, dtype in self.schema().values())
+
+    def same_as(self, other: "ResidualCodec") -> bool:
+        """Whether ``other`` encodes exactly as this codec does."""
+        tensors = ("centroids", "cutoffs", "weights", "projection", "projection_mean")
+        return self.nbits == other.nbits and all(
+            (a is None and b is None) or (a is not None and b is not None and a.shape == b.shape and torch.equal(a, b))
+            for a, b in ((getattr(self, t), getattr(other, t)) for t in tensors))
 
     # ------------------------------------------------------------------ transforms
     def project(self, vectors: torch.Tensor) -> torch.Tensor:
@@ -113,31 +123,52 @@ class ResidualCodec:
             return vectors
         return _project(vectors.float(), self.projection_mean, self.projection)
 
-    def encode(self, vectors: torch.Tensor, projected: bool = False) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-        """(codes, packed residuals, residual norms) of (n, input_dim) vectors, or of vectors
-        already in the codec's space (``projected=True``, e.g. decoded ones)."""
+    def encode(self, vectors: torch.Tensor, projected: bool = False) -> tuple[dict[str, np.ndarray], torch.Tensor]:
+        """The per-token arrays (see :meth:`schema`) of (n, input_dim) vectors, or of vectors
+        already in the codec's space (``projected=True``, e.g. decoded ones), and the norms of
+        their residuals (drift tracking)."""
         vectors = vectors.float() if projected else self.project(vectors.float())
         codes = assign(vectors, self.centroids)
         residual = vectors - self.centroids[codes]
+        arrays = {"codes": codes.numpy().astype(self.code_dtype)}
         if self.nbits == 16:
-            residuals = vectors.to(torch.float16).numpy()
+            arrays["residuals"] = vectors.to(torch.float16).numpy()
         else:
             buckets = torch.searchsorted(self.cutoffs, residual.T.contiguous()).T  # (n, dim) in [0, 2**nbits)
-            residuals = _pack(buckets.to(torch.uint8), self.nbits)
-        return codes.numpy().astype(self.code_dtype), residuals, residual.norm(dim=1)
+            arrays["residuals"] = _pack(buckets.to(torch.uint8), self.nbits)
+            reconstructed = self._dequantize(torch.from_numpy(arrays["residuals"]), "cpu") + self.centroids[codes]
+            arrays["scales"] = reconstructed.norm(dim=1).reciprocal().to(torch.float16).numpy()
+        return arrays, residual.norm(dim=1)
 
     def decode(self, codes: torch.Tensor | np.ndarray, residuals: torch.Tensor | np.ndarray,
                device: str | torch.device = "cpu") -> torch.Tensor:
         """Reconstructed unit-norm vectors (n, dim), float32 (float16 inputs stay exact)."""
-        residuals = torch.as_tensor(np.asarray(residuals)).to(device)
+        residuals = torch.as_tensor(residuals).to(device)
         if self.nbits == 16:
             return residuals.float()
-        codes = torch.as_tensor(np.asarray(codes).astype(np.int64)).to(device)
-        table = self._lookup_table(device)  # (bytes per token · 256, dims per byte)
-        index = residuals.to(torch.int32) + self._byte_base(device)  # row of each (token, byte) in the table
-        values = table.index_select(0, index.view(-1)).view(residuals.shape[0], self.dim)
-        vectors = values.add_(self.centroids.to(device).index_select(0, codes))
+        codes = torch.as_tensor(codes).to(device).long()
+        vectors = self._dequantize(residuals, device).add_(self.centroids.to(device).index_select(0, codes))
         return vectors.div_(vectors.norm(dim=1, keepdim=True))
+
+    def score(self, query: torch.Tensor, centroid_scores: torch.Tensor, codes: torch.Tensor,
+              residuals: torch.Tensor, scales: torch.Tensor | None) -> torch.Tensor:
+        """(q, n) similarities of query tokens to the decoded unit-norm tokens, computed as
+        ``(q·c + q·r) · scale`` (``centroid_scores``: the query against every centroid)."""
+        if self.nbits == 16:
+            return query @ residuals.float().T
+        raw = torch.addmm(centroid_scores.index_select(1, codes.long()), query, self._dequantize(residuals, query.device).T)
+        return raw.mul_(scales.float())
+
+    def _dequantize(self, residuals: torch.Tensor, device: str | torch.device) -> torch.Tensor:
+        """(n, dim) float32 residual values of packed residuals: one table row per byte.
+
+        A row holds ``8 / nbits`` float32 values; where that is 8 or 16 bytes the table is
+        viewed as one float64 / complex128 element per row, which gathers several times faster.
+        """
+        table = self._lookup_table(device)  # (bytes per token · 256, dims per byte)
+        index = torch.add(self._byte_base(device), residuals)  # int32: row of each (token, byte)
+        values = table.index_select(0, index.view(-1))
+        return values.view(torch.float32).view(residuals.shape[0], self.dim)
 
     def _lookup_table(self, device: str | torch.device) -> torch.Tensor:
         """Row ``byte_position · 256 + byte_value`` holds the residual values of that byte's dimensions."""
@@ -147,8 +178,9 @@ class ResidualCodec:
             shifts = torch.arange(per_byte - 1, -1, -1) * self.nbits
             buckets = (torch.arange(256)[:, None] >> shifts[None, :]) & (2**self.nbits - 1)  # (256, per_byte)
             weights = self.weights.reshape(self.dim // per_byte, per_byte, 2**self.nbits)
-            table = weights[:, torch.arange(per_byte)[None, :], buckets]  # (bytes, 256, per_byte)
-            self._cache[key] = table.reshape(-1, per_byte).contiguous().to(device)
+            table = weights[:, torch.arange(per_byte)[None, :], buckets].reshape(-1, per_byte).contiguous()
+            row_type = {2: torch.float64, 4: torch.complex128}.get(per_byte)
+            self._cache[key] = (table.view(row_type).view(-1) if row_type else table).to(device)
         return self._cache[key]
 
     def _byte_base(self, device: str | torch.device) -> torch.Tensor:

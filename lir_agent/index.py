@@ -28,6 +28,7 @@ from .errors import (
     InvalidInputError,
     LIRError,
 )
+from .engines.pipeline import Ranked, Round, StaleSearchError, run_search
 from .filters import Filter, compile_filter
 MAX_K = 100_000
 MAX_SEGMENTS = 32  # above this many segments a write also compacts
@@ -94,7 +95,20 @@ def _as_document(item: Document | Mapping[str, Any], position: int) -> Document:
     return doc
 
 
-def _check_matrix(matrix: Any, dim: int, what: str) -> torch.Tensor:
+def as_documents(documents: Sequence[Document | Mapping[str, Any]]) -> list[Document]:
+    """Checked Documents of an ``add`` call (an id may appear once), or a clear error."""
+    if isinstance(documents, (str, Mapping, Document)):
+        raise InvalidInputError("add takes a list of documents")
+    docs = [_as_document(item, i) for i, item in enumerate(documents)]
+    seen: set[str] = set()
+    for doc in docs:
+        if doc.id in seen:
+            raise DuplicateIdError(f"id {doc.id!r} appears twice in this call")
+        seen.add(doc.id)
+    return docs
+
+
+def check_matrix(matrix: Any, dim: int, what: str) -> torch.Tensor:
     """A (n_tokens, dim) finite float matrix with at least one row, or a clear error."""
     tensor = torch.as_tensor(np.asarray(matrix) if not isinstance(matrix, torch.Tensor) else matrix)
     if tensor.ndim != 2 or tensor.shape[1] != dim:
@@ -201,7 +215,7 @@ class Index:
             raise IndexCorruptedError(f"{path / storage.MANIFEST}: bad encoder settings ({exc})") from exc
         if encoder is not None:
             encoder = encoder if isinstance(encoder, Encoder) else Encoder.from_pretrained(encoder)
-            _check_encoder(encoder.settings, settings, path)
+            check_encoder(encoder.settings, settings, path)
         return cls(path, manifest, settings, encoder, device)
 
     def _make_engine(self, manifest: dict[str, Any]) -> ExactEngine | CompressedEngine:
@@ -238,7 +252,7 @@ class Index:
         """The encoder, loaded from the index's settings on first use."""
         if self._encoder is None:
             encoder = Encoder.from_settings(self.settings, device=None if self.device == "cpu" else self.device)
-            _check_encoder(encoder.settings, self.settings, self.path)
+            check_encoder(encoder.settings, self.settings, self.path)
             self._encoder = encoder
         return self._encoder
 
@@ -296,6 +310,29 @@ class Index:
         segment, row = self._locate(doc_id)
         return segment.store.vectors(row)
 
+    def existing(self, ids: Iterable[str]) -> list[str]:
+        """Those of ``ids`` the index holds."""
+        return [i for i in ids if i in self._where]
+
+    def id_list(self) -> list[str]:
+        return list(self._where)
+
+    @property
+    def generation(self) -> int:
+        """Number of committed writes; changes with every add, delete, compaction or rewrite."""
+        return self._manifest["generation"]
+
+    def refresh(self) -> bool:
+        """Catches up with writes another process (or replica) committed; returns whether any."""
+        manifest = storage.read_manifest(self.path)
+        if manifest["generation"] == self._manifest["generation"]:
+            return False
+        if manifest["codec"] != self._manifest["codec"]:
+            self._segments = []
+            self._engine = self._make_engine(manifest)
+        self._apply(manifest)
+        return True
+
     # ---------------------------------------------------------------- search
     def search(self, query: str | torch.Tensor | np.ndarray, k: int = 10, filter: Filter | None = None,
                **search_params: int) -> list[SearchHit]:
@@ -309,27 +346,57 @@ class Index:
     def search_batch(self, queries: Sequence[str | torch.Tensor | np.ndarray], k: int = 10,
                      filter: Filter | None = None, **search_params: int) -> list[list[SearchHit]]:
         """Top-k documents for each query; centroid scoring / the exact scan is shared by the batch."""
-        k = _check_k(k)
+        k = check_k(k)
         if isinstance(queries, (str, torch.Tensor, np.ndarray)):
             raise InvalidInputError("search_batch takes a list of queries")
         params = self._engine.search_params(k, search_params)
-        predicate = compile_filter(filter)
+        compile_filter(filter)  # a bad filter fails before any work
         if len(queries) == 0:
             return []
         prepared = self._engine.prepare_queries(self._query_matrices(queries), self.device)
-        stores, masks = [], []
-        for segment in self._segments:
-            eligible = ~segment.deleted
-            if predicate is not None:
-                eligible &= np.fromiter((predicate(d.metadata) for d in segment.documents), bool, len(segment.documents))
-            if eligible.any():
-                stores.append(segment)
-                masks.append(None if eligible.all() else eligible)
-        ranked = self._engine.search([s.store for s in stores], masks, prepared, k, params)
+
+        def fan_out(stage: str, selections: list[list[Ranked]] | None, take_all: list[bool] | None) -> list[Round]:
+            selection = None if selections is None else selections[0]
+            return [self.search_round(stage, prepared, k, params, filter, selection, take_all)]
+
+        ranked = run_search(self._engine.kind, fan_out, len(queries), k, params)
         return [[SearchHit(doc.id, score, rank, doc.text, dict(doc.metadata))
-                 for rank, (score, s, row) in enumerate(hits, start=1)
-                 for doc in (stores[s].documents[row],)]
+                 for rank, (score, _, doc) in enumerate(hits, start=1)]
                 for hits in ranked]
+
+    def search_round(self, stage: str, prepared: Any, k: int, params: Any, filter: Filter | None = None,
+                     selection: list[Ranked] | None = None, take_all: list[bool] | None = None) -> Round:
+        """One round of a search on this index alone: the part a shard plays in a sharded
+        search (see :mod:`lir_agent.engines.pipeline`). ``prepared``: the engine's prepared
+        queries; ``selection``: per query, the documents of this index the round scores."""
+        stores = [segment.store for segment in self._segments]
+        generation = self._manifest["generation"]
+        if stage in ("exact", "probe"):
+            predicate = compile_filter(filter)
+            masks = []
+            for segment in self._segments:
+                eligible = ~segment.deleted
+                if predicate is not None:
+                    eligible &= np.fromiter((predicate(d.metadata) for d in segment.documents), bool, len(segment.documents))
+                masks.append(None if eligible.all() else eligible)
+            if stage == "exact":
+                return self._with_documents(Round(generation, self._engine.exact_round(stores, masks, prepared, k)))
+            ranked, probed = self._engine.probe_round(stores, masks, prepared, params, take_all)
+            return Round(generation, ranked, probed)
+        for part in selection:
+            if len(part) and (part.segments.max() >= len(stores) or
+                              (part.rows >= np.asarray([s.entry["num_docs"] for s in self._segments])[part.segments]).any()):
+                raise StaleSearchError(f"{self.path} changed during the search")
+        if stage == "interaction":
+            return Round(generation, self._engine.interaction_round(stores, prepared, selection))
+        if stage == "rerank":
+            return self._with_documents(Round(generation, self._engine.rerank_round(stores, prepared, selection, k)))
+        raise InvalidInputError(f"unknown search round {stage!r}")
+
+    def _with_documents(self, round_: Round) -> Round:
+        for ranked in round_.ranked:
+            ranked.documents = [self._segments[s].documents[row] for s, row in zip(ranked.segments, ranked.rows)]
+        return round_
 
     def _query_matrices(self, queries: Sequence[Any]) -> list[torch.Tensor]:
         texts = [(i, q) for i, q in enumerate(queries) if isinstance(q, str)]
@@ -339,7 +406,7 @@ class Index:
         matrices: list[torch.Tensor | None] = [None] * len(queries)
         for i, q in enumerate(queries):
             if not isinstance(q, str):
-                matrices[i] = _check_matrix(q, self.dim, f"query #{i} embeddings")
+                matrices[i] = check_matrix(q, self.dim, f"query #{i} embeddings")
         if texts:
             encoded = self.encoder.encode_queries([t for _, t in texts])
             for (i, _), matrix in zip(texts, encoded):
@@ -355,16 +422,9 @@ class Index:
         ``embeddings``: optional precomputed (n_tokens, dim) matrices, one per document, instead of
         encoding the texts. Nothing is written unless every document is valid.
         """
-        if isinstance(documents, (str, Mapping, Document)):
-            raise InvalidInputError("add takes a list of documents")
-        docs = [_as_document(item, i) for i, item in enumerate(documents)]
+        docs = as_documents(documents)
         if not docs:
             return []
-        seen: set[str] = set()
-        for doc in docs:
-            if doc.id in seen:
-                raise DuplicateIdError(f"id {doc.id!r} appears twice in this call")
-            seen.add(doc.id)
         if not upsert:
             existing = [d.id for d in docs if d.id in self._where]
             if existing:
@@ -374,7 +434,7 @@ class Index:
         if embeddings is not None:
             if len(embeddings) != len(docs):
                 raise InvalidInputError(f"{len(embeddings)} embedding matrices for {len(docs)} documents")
-            matrices = [_check_matrix(m, self.dim, f"embeddings of {d.id!r}") for m, d in zip(embeddings, docs)]
+            matrices = [check_matrix(m, self.dim, f"embeddings of {d.id!r}") for m, d in zip(embeddings, docs)]
         else:
             matrices = self.encoder.encode_documents([d.text for d in docs], batch_size=batch_size,
                                                      show_progress=show_progress)
@@ -414,6 +474,23 @@ class Index:
             _delete_rows(manifest, present)
             self._commit(manifest, [])
         return len(present)
+
+    def copy_from(self, source: "Index", ids: Sequence[str]) -> int:
+        """Copies documents with their stored encoding from ``source``, which must have the same
+        encoder and engine (and codec), replacing documents with the same ids; no re-encoding."""
+        check_encoder(source.settings, self.settings, self.path)
+        if source.index_type != self.index_type or (
+                self.index_type == "compressed" and not source._engine.codec.same_as(self._engine.codec)):
+            raise InvalidInputError(f"{source.path} and {self.path} do not store vectors the same way "
+                                    "(index type or codec differ)")
+        located = [source._locate(i) for i in dict.fromkeys(ids)]
+        docs = [segment.documents[row] for segment, row in located]
+        with self._writing() as manifest:
+            _delete_rows(manifest, [self._where[d.id] for d in docs if d.id in self._where])
+            payloads = (segment.store.payload(row) for segment, row in located)
+            lengths = [int(segment.lengths[row]) for segment, row in located]
+            self._commit(manifest, self._write_rows(manifest, docs, lengths, payloads))
+        return len(docs)
 
     def compact(self) -> None:
         """Rewrites all live documents into as few segments as possible, dropping deleted rows (atomic)."""
@@ -608,7 +685,7 @@ def _sample_vectors(sources: Sequence[Any], lengths: Sequence[int]) -> torch.Ten
     return torch.cat(picked)
 
 
-def _check_k(k: Any) -> int:
+def check_k(k: Any) -> int:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise InvalidInputError(f"k must be an integer, got {k!r}")
     if k <= 0:
@@ -618,7 +695,7 @@ def _check_k(k: Any) -> int:
     return int(k)
 
 
-def _check_encoder(actual: EncoderSettings, expected: EncoderSettings, path: Path) -> None:
+def check_encoder(actual: EncoderSettings, expected: EncoderSettings, path: Path) -> None:
     differences = actual.differences(expected)
     if differences:
         raise EncoderMismatchError(

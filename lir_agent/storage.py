@@ -8,7 +8,7 @@ An index is a directory::
         offsets.npy          (n_docs + 1,) int64
         docs.jsonl           one {"id", "text", "metadata"} per document, in row order
         tokens.npy           exact index: (n_tokens, dim) float16, memory-mapped on open
-        codes.npy, residuals.npy, ivf.npy, ivf_offsets.npy   compressed index (see engines)
+        codes.npy, residuals.npy, scales.npy, ivf.npy, ivf_offsets.npy   compressed index (see engines)
 
 Every write puts new files aside (a ``.tmp`` directory or file), fsyncs them, renames them into
 place and fsyncs the directory; the manifest is replaced last, the same way. A process killed at
@@ -36,7 +36,7 @@ MANIFEST = "manifest.json"
 SEGMENTS = "segments"
 LOCK = ".lock"
 OFFSETS, DOCS = "offsets.npy", "docs.jsonl"
-PER_TOKEN_ARRAYS = ("tokens", "codes", "residuals")
+PER_TOKEN_ARRAYS = ("tokens", "codes", "residuals", "scales")
 # Files up to this size are checked by hash on every open; larger ones (token arrays) by size
 # and header, and by hash in verify().
 HASH_ON_OPEN_BYTES = 16 * 2**20

@@ -99,7 +99,7 @@ def test_compressed_index_from_the_command_line(tmp_path, capsys):
     assert main(["info", str(index_dir)]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["index_type"] == "compressed" and info["codec"]["nbits"] == 4
-    assert info["codec"]["token_bytes_per_token"] == 384 * 4 // 8 + 2
+    assert info["codec"]["token_bytes_per_token"] == 384 * 4 // 8 + 4  # code, residual bits, scale
     assert main(["search", str(index_dir), "how does yeast make bread rise", "-k", "3", "--json", "--nprobe", "2"]) == 0
     hits = json.loads(capsys.readouterr().out)
     assert len(hits) == 3 and all("bread" in h["text"] for h in hits)

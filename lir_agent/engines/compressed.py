@@ -3,7 +3,8 @@
 Per segment (at most 65,536 documents, so inverted lists hold uint16 local document ids):
 
 * ``codes.npy`` (n_tokens,) centroid id of each token, ``residuals.npy`` (n_tokens, dim·n/8)
-  packed residuals (or float16 vectors with nbits=16);
+  packed residuals and ``scales.npy`` (n_tokens,) float16 inverse norms of the reconstructed
+  vectors (or, with nbits=16, float16 vectors and no scales);
 * ``ivf.npy`` / ``ivf_offsets.npy``: for each centroid, the sorted ids of the documents that
   have a token there (deduplicated).
 
@@ -18,10 +19,12 @@ A query (after the codec's projection, if any) is scored against all centroids o
    document becomes a candidate, so filtered searches still return k results.
 2. **Centroid interaction** (PLAID): MaxSim of the query against each candidate's centroids
    (all of its tokens, no residuals) keeps the best ``rerank`` documents.
-3. **Rerank**: those documents' tokens are decompressed and scored with exact MaxSim.
+3. **Rerank**: exact MaxSim against those documents' decompressed tokens, computed from the
+   query's centroid scores plus the query against the dequantised residuals (see the codec).
 
-Each stage keeps its best documents over all segments together, so the results of an index do
-not depend on how its documents are split into segments.
+Each stage keeps its best documents over all segments (and shards) together, so the results of
+an index do not depend on how its documents are split into segments or shards: the stages are
+rounds of :mod:`lir_agent.engines.pipeline`.
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ import numpy as np
 import torch
 
 from ..codec import ResidualCodec
-from ..errors import InvalidInputError
+from ..errors import IndexCorruptedError, InvalidInputError
 from ..maxsim import chunk_bounds, segment_max
 from ..storage import ArraySchema, SegmentData
 from .exact import as_tensor
+from .pipeline import Ranked, concatenate
 
 MAX_SEGMENT_DOCS = 2**16
 RERANK_CHUNK_TOKENS = 2048  # decoded vectors per step of the rerank (stays in cache)
@@ -81,11 +85,15 @@ def _ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 class CompressedSegment:
     def __init__(self, codec: ResidualCodec, data: SegmentData, device: str):
+        missing = sorted(set(codec.schema()) - set(data.arrays))
+        if missing:
+            raise IndexCorruptedError(f"a compressed segment lacks {missing} (written by an older lir_agent? rebuild it)")
         self.codec, self.device = codec, device
         self.offsets = data.offsets
         self.offsets_t = torch.from_numpy(data.offsets).to(device)
         self.codes = as_tensor(data.arrays["codes"], device)
         self.residuals = data.arrays["residuals"]
+        self.scales = data.arrays.get("scales")
         self.ivf = as_tensor(data.arrays["ivf"], device)
         self.ivf_offsets = torch.from_numpy(data.arrays["ivf_offsets"].astype(np.int64)).to(device)
         self.num_docs = len(data.offsets) - 1
@@ -103,17 +111,21 @@ class CompressedSegment:
         np.cumsum(lengths.cpu().numpy(), out=local[1:])
         return _ranges(starts, lengths), local
 
-    def _decode(self, positions: torch.Tensor) -> torch.Tensor:
+    def _memory_mapped(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Residuals and scales of the tokens at ``positions``, read from the mapped files."""
         index = positions.cpu().numpy()
-        return self.codec.decode(self.codes[positions].cpu().numpy(), self.residuals[index], device=self.device)
+        scales = None if self.scales is None else torch.from_numpy(self.scales[index]).to(self.device)
+        return torch.from_numpy(self.residuals[index]).to(self.device), scales
 
     def payload(self, row: int) -> dict[str, np.ndarray]:
         a, b = int(self.offsets[row]), int(self.offsets[row + 1])
-        return {"codes": self.codes[a:b].cpu().numpy().copy(), "residuals": np.array(self.residuals[a:b])}
+        arrays = {"codes": self.codes[a:b].cpu().numpy().copy(), "residuals": np.array(self.residuals[a:b])}
+        return arrays if self.scales is None else arrays | {"scales": np.array(self.scales[a:b])}
 
     def vectors(self, row: int) -> torch.Tensor:
         a, b = int(self.offsets[row]), int(self.offsets[row + 1])
-        return self._decode(torch.arange(a, b, device=self.device)).cpu().to(torch.float16)
+        residuals, _ = self._memory_mapped(torch.arange(a, b))
+        return self.codec.decode(self.codes[a:b], residuals, device=self.device).cpu().to(torch.float16)
 
     # -------------------------------------------------------------- the three stages
     def probe(self, centroid_scores: torch.Tensor, eligible: torch.Tensor | None,
@@ -142,30 +154,16 @@ class CompressedSegment:
         positions, local = self._tokens_of(docs)
         return segment_max(centroid_scores[:, self.codes[positions].long()], local).sum(dim=0) + self.tiebreak[docs]
 
-    def rerank(self, query: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
+    def rerank(self, query: torch.Tensor, centroid_scores: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
         """Stage 3: MaxSim on the decompressed tokens of ``docs``, a cache-sized chunk at a time."""
         positions, local = self._tokens_of(docs)
         scores = torch.empty(len(docs), device=self.device)
         for start, end in chunk_bounds(local, RERANK_CHUNK_TOKENS):
-            vectors = self._decode(positions[local[start] : local[end]])
-            scores[start:end] = segment_max(query @ vectors.T, local[start : end + 1] - local[start]).sum(dim=0)
+            chunk = positions[local[start] : local[end]]
+            residuals, scales = self._memory_mapped(chunk)
+            similarities = self.codec.score(query, centroid_scores, self.codes[chunk], residuals, scales)
+            scores[start:end] = segment_max(similarities, local[start : end + 1] - local[start]).sum(dim=0)
         return scores
-
-
-def _top(parts: list[tuple[int, torch.Tensor, torch.Tensor]], count: int) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
-    """The ``count`` best (segment, docs, scores) entries over all segments, regrouped by segment."""
-    if not parts:
-        return []
-    scores = torch.cat([p[2].cpu() for p in parts])
-    segment_of = torch.cat([torch.full((len(p[1]),), i) for i, p in enumerate(parts)])
-    position = torch.cat([torch.arange(len(p[1])) for p in parts])
-    best = scores.topk(min(count, len(scores))).indices
-    out = []
-    for i, (segment, docs, part_scores) in enumerate(parts):
-        keep = position[best[segment_of[best] == i]].to(docs.device)
-        if len(keep):
-            out.append((segment, docs[keep], part_scores[keep]))
-    return out
 
 
 class CompressedEngine:
@@ -177,17 +175,16 @@ class CompressedEngine:
         self.codec = codec
 
     def schema(self) -> ArraySchema:
-        shape, dtype = self.codec.residual_shape
-        return {"codes": ((), self.codec.code_dtype), "residuals": (shape, dtype)}
+        return self.codec.schema()
 
     def encode(self, matrices: Sequence[torch.Tensor],
                projected: bool = False) -> tuple[list[dict[str, np.ndarray]], dict[str, float]]:
         """Payloads of token matrices (``projected``: already in the codec's space), and the
         residual statistics that drift tracking adds up."""
         lengths = [int(m.shape[0]) for m in matrices]
-        codes, residuals, norms = self.codec.encode(torch.cat(list(matrices)), projected=projected)
+        arrays, norms = self.codec.encode(torch.cat(list(matrices)), projected=projected)
         bounds = np.concatenate([[0], np.cumsum(lengths)])
-        payloads = [{"codes": codes[a:b], "residuals": residuals[a:b]} for a, b in zip(bounds[:-1], bounds[1:])]
+        payloads = [{name: values[a:b] for name, values in arrays.items()} for a, b in zip(bounds[:-1], bounds[1:])]
         return payloads, {"tokens": float(len(norms)), "residual_norm_sum": float(norms.sum())}
 
     def derived(self, arrays: dict[str, np.ndarray], offsets: np.ndarray) -> dict[str, np.ndarray]:
@@ -205,49 +202,42 @@ class CompressedEngine:
     def open(self, data: SegmentData, device: str) -> CompressedSegment:
         return CompressedSegment(self.codec, data, device)
 
-    def search(self, stores: list[CompressedSegment], masks: list[np.ndarray | None], queries: QueryBatch,
-               k: int, params: SearchParams) -> list[list[tuple[float, int, int]]]:
-        """Per query, the best (score, segment, row) triples. Each stage keeps its best documents
-        over all segments together, so results do not depend on how documents are segmented."""
+    # -------------------------------------------------------------- search rounds (see pipeline)
+    def probe_round(self, stores: list[CompressedSegment], masks: list[np.ndarray | None], queries: QueryBatch,
+                    params: SearchParams, take_all: list[bool] | None) -> tuple[list[Ranked], list[int]]:
+        """Stage 1 per query: the best ``candidates`` documents by approximate score, and how many
+        matching documents were probed (``take_all[q]``: every matching document is a candidate)."""
         eligible = [None if m is None else torch.from_numpy(m).to(s.device) for s, m in zip(stores, masks)]
 
-        def one(i: int) -> list[tuple[float, int, int]]:
-            parts = self.candidates(stores, eligible, queries.centroid_scores[i], k, params)
-            query = queries.vectors[i]
-            best = _top([(s, docs, stores[s].rerank(query.to(stores[s].device), docs)) for s, docs in parts], k)
-            triples = [(score, s, row) for s, docs, scores in best for score, row in zip(scores.tolist(), docs.tolist())]
-            return sorted(triples, key=lambda t: -t[0])
+        def one(q: int) -> tuple[Ranked, int]:
+            parts, probed_count = [], 0
+            for segment, (store, allowed) in enumerate(zip(stores, eligible)):
+                totals, probed = store.probe(queries.centroid_scores[q].to(store.device), allowed, params.nprobe)
+                keep = probed if allowed is None else probed & allowed
+                probed_count += int(keep.sum())
+                if take_all is not None and take_all[q]:
+                    keep = torch.ones_like(probed) if allowed is None else allowed
+                docs = torch.nonzero(keep).squeeze(1)
+                parts.append(Ranked(totals[docs].cpu().numpy(), np.full(len(docs), segment), docs.cpu().numpy()))
+            return concatenate(parts).best(params.candidates), probed_count
 
-        count, workers = len(queries.vectors), min(len(queries.vectors), torch.get_num_threads())
-        if workers > 1 and all(s.device == "cpu" for s in stores):
-            # A query's work is many small operations: the queries of a batch run side by side,
-            # one per core, each with single-threaded operations (torch's thread count is
-            # process-wide, so it is lowered for the duration of the batch).
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                with ThreadPoolExecutor(max_workers=workers) as pool:
-                    return list(pool.map(one, range(count)))
-            finally:
-                torch.set_num_threads(threads)
-        return [one(i) for i in range(count)]
+        results = _per_query(one, len(queries.vectors), stores)
+        return [ranked for ranked, _ in results], [count for _, count in results]
 
-    def candidates(self, stores: list[CompressedSegment], eligible: list[torch.Tensor | None],
-                   centroid_scores: torch.Tensor, k: int, params: SearchParams) -> list[tuple[int, torch.Tensor]]:
-        """Stages 1 and 2 for one query: (segment, local document ids) of the documents to rerank."""
-        probes = []
-        for segment, (store, allowed) in enumerate(zip(stores, eligible)):
-            scores = centroid_scores.to(store.device)
-            totals, probed = store.probe(scores, allowed, params.nprobe)
-            probes.append((segment, totals, probed if allowed is None else probed & allowed, allowed))
-        if sum(int(p[2].sum()) for p in probes) < k:  # too few (matching) documents probed: take all of them
-            probes = [(s, t, torch.ones_like(p) if a is None else a, a) for s, t, p, a in probes]
-        parts = [(s, torch.nonzero(p).squeeze(1), t[p]) for s, t, p, _ in probes if bool(p.any())]
-        parts = _top(parts, params.candidates)
-        if sum(len(docs) for _, docs, _ in parts) > params.rerank:
-            parts = [(s, docs, stores[s].interaction(centroid_scores.to(stores[s].device), docs)) for s, docs, _ in parts]
-            parts = _top(parts, params.rerank)
-        return [(s, docs) for s, docs, _ in parts]
+    def interaction_round(self, stores: list[CompressedSegment], queries: QueryBatch,
+                          selections: list[Ranked]) -> list[Ranked]:
+        """Stage 2 per query: centroid-interaction scores of the selected documents."""
+        return _per_query(lambda q: _score_selection(
+            selections[q], stores, lambda store, docs: store.interaction(queries.centroid_scores[q].to(store.device), docs)),
+            len(queries.vectors), stores)
+
+    def rerank_round(self, stores: list[CompressedSegment], queries: QueryBatch, selections: list[Ranked],
+                     k: int) -> list[Ranked]:
+        """Stage 3 per query: exact MaxSim on the decompressed tokens of the selected documents; the best k."""
+        return _per_query(lambda q: _score_selection(
+            selections[q], stores, lambda store, docs: store.rerank(
+                queries.vectors[q].to(store.device), queries.centroid_scores[q].to(store.device), docs)).best(k),
+            len(queries.vectors), stores)
 
     def prepare_queries(self, matrices: list[torch.Tensor], device: str) -> QueryBatch:
         vectors = [self.codec.project(m.float()) for m in matrices]
@@ -264,3 +254,29 @@ class CompressedEngine:
                 raise InvalidInputError(f"search setting {name} must be a positive integer, got {value!r}")
         params = replace(params, **overrides)
         return replace(params, rerank=max(params.rerank, k), candidates=max(params.candidates, params.rerank, k))
+
+
+def _score_selection(selection: Ranked, stores: list[CompressedSegment], score: Any) -> Ranked:
+    """``selection`` with its scores replaced by ``score(store, local document ids)``, segment by segment."""
+    scores = np.empty(len(selection), dtype=np.float32)
+    for segment in np.unique(selection.segments):
+        at = np.flatnonzero(selection.segments == segment)
+        store = stores[int(segment)]
+        scores[at] = score(store, torch.from_numpy(selection.rows[at]).to(store.device)).cpu().numpy()
+    return Ranked(scores, selection.segments, selection.rows)
+
+
+def _per_query(one: Any, count: int, stores: list[CompressedSegment]) -> list[Any]:
+    """``[one(q) for q in range(count)]``; on CPU the queries of a batch run side by side, one per
+    core, each with single-threaded operations (a query's work is many small operations; torch's
+    thread count is process-wide, so it is lowered for the duration of the batch)."""
+    workers = min(count, torch.get_num_threads())
+    if workers <= 1 or not all(s.device == "cpu" for s in stores):
+        return [one(q) for q in range(count)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(one, range(count)))
+    finally:
+        torch.set_num_threads(threads)

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import InvalidInputError
 from ..maxsim import maxsim_topk
+from .pipeline import Ranked, concatenate
 from ..storage import ArraySchema, SegmentData
 
 
@@ -52,21 +53,15 @@ class ExactEngine:
     def open(self, data: SegmentData, device: str) -> ExactSegment:
         return ExactSegment(as_tensor(data.arrays["tokens"], device), data.offsets, device)
 
-    def search(self, stores: list[ExactSegment], masks: list[np.ndarray | None], queries: list[torch.Tensor],
-               k: int, params: None) -> list[list[tuple[float, int, int]]]:
-        """Per query, the best (score, segment, row) triples: each segment's exact top-k, merged."""
-        all_scores, all_segments, all_rows = [], [], []
+    def exact_round(self, stores: list[ExactSegment], masks: list[np.ndarray | None], queries: list[torch.Tensor],
+                    k: int) -> list[Ranked]:
+        """Per query, the best k documents over all segments (each segment's exact top-k, merged)."""
+        per_segment = []
         for segment, (store, mask) in enumerate(zip(stores, masks)):
             scores, rows = maxsim_topk(queries, store.tokens, store.offsets, k, doc_mask=mask, device=store.device)
-            all_scores.append(scores.cpu())
-            all_rows.append(rows.cpu())
-            all_segments.append(torch.full_like(rows.cpu(), segment))
-        if not all_scores:
-            return [[] for _ in queries]
-        scores, segments, rows = (torch.cat(parts, dim=1) for parts in (all_scores, all_segments, all_rows))
-        top_scores, top = scores.topk(min(k, scores.shape[1]), dim=1)
-        return [list(zip(top_scores[q].tolist(), segments[q, top[q]].tolist(), rows[q, top[q]].tolist()))
-                for q in range(len(queries))]
+            scores, rows = scores.cpu().numpy(), rows.cpu().numpy()
+            per_segment.append([Ranked(scores[q], np.full(rows.shape[1], segment), rows[q]) for q in range(len(queries))])
+        return [concatenate([part[q] for part in per_segment]).best(k) for q in range(len(queries))]
 
     def prepare_queries(self, matrices: list[torch.Tensor], device: str) -> list[torch.Tensor]:
         return matrices

@@ -1,0 +1,134 @@
+"""Search as rounds over shards, with exact merging between rounds.
+
+An index answers a search in rounds; each round runs on every shard (a single index is one
+shard) and the coordinator merges the shards' answers before the next:
+
+* exact engine: one round, ``"exact"``: each shard's top k; the merge keeps the best k.
+* compressed engine (see :mod:`lir_agent.engines.compressed`): ``"probe"`` (each shard's best
+  ``candidates`` by approximate score) → merge → ``"interaction"`` on the merged selection →
+  merge to ``rerank`` → ``"rerank"`` (exact MaxSim on decompressed tokens) → merge to k.
+
+Because every cut is made over all shards together, a sharded index returns exactly what one
+index holding the same documents (and the same codec) returns. A shard answers a round with a
+:class:`Ranked` per query; the last round attaches the documents of its top k, so no further
+round trip is needed to build the hits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import LIRError
+
+
+@dataclass
+class Ranked:
+    """Scored documents of one shard for one query, as parallel arrays (segment, row address a
+    document inside the shard; ``documents``, when set, are those rows' documents)."""
+
+    scores: np.ndarray  # float32
+    segments: np.ndarray  # int64
+    rows: np.ndarray  # int64
+    documents: list[Any] | None = None
+
+    @classmethod
+    def empty(cls) -> "Ranked":
+        return cls(np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def take(self, positions: np.ndarray) -> "Ranked":
+        documents = None if self.documents is None else [self.documents[i] for i in positions]
+        return Ranked(self.scores[positions], self.segments[positions], self.rows[positions], documents)
+
+    def best(self, count: int) -> "Ranked":
+        """The ``count`` highest-scoring entries, best first (ties: lower position first)."""
+        order = np.argsort(-self.scores, kind="stable")[:count]
+        return self.take(order)
+
+
+@dataclass
+class Round:
+    """A shard's answer to one round: per query a Ranked, the shard's generation (rounds of one
+    search must all see the same one), and, for the probe round, how many matching documents
+    each query probed."""
+
+    generation: int
+    ranked: list[Ranked]
+    probed: list[int] = field(default_factory=list)
+
+
+def concatenate(parts: Sequence[Ranked]) -> Ranked:
+    if not parts:
+        return Ranked.empty()
+    return Ranked(np.concatenate([p.scores for p in parts]).astype(np.float32, copy=False),
+                  np.concatenate([p.segments for p in parts]).astype(np.int64, copy=False),
+                  np.concatenate([p.rows for p in parts]).astype(np.int64, copy=False))
+
+
+class StaleSearchError(LIRError):
+    """A shard changed between the rounds of one search (the search is retried)."""
+
+
+def merge(parts: Sequence[Ranked], count: int) -> list[Ranked]:
+    """The ``count`` best entries over all shards' ``parts``, returned per shard."""
+    scores = np.concatenate([p.scores for p in parts]) if parts else np.zeros(0, np.float32)
+    shard_of = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)]) if parts else np.zeros(0, int)
+    position = np.concatenate([np.arange(len(p)) for p in parts]) if parts else np.zeros(0, int)
+    keep = np.argsort(-scores, kind="stable")[:count]
+    return [part.take(np.sort(position[keep[shard_of[keep] == i]])) for i, part in enumerate(parts)]
+
+
+FanOut = Callable[[str, "list[list[Ranked]] | None", "list[bool] | None"], list[Round]]
+
+
+def run_search(kind: str, fan_out: FanOut, num_queries: int, k: int, params: Any) -> list[list[tuple[float, int, Any]]]:
+    """Runs the rounds of a search; returns per query the best k (score, shard, document).
+
+    ``fan_out(stage, selections, take_all)`` runs one round on every shard and returns their
+    Rounds in shard order; ``selections[shard][query]`` narrows a round to those documents,
+    ``take_all[query]`` makes the probe round return every matching document.
+    """
+    if kind == "exact":
+        final = _per_query(fan_out("exact", None, None), num_queries)
+    else:
+        rounds = fan_out("probe", None, None)
+        generation = [r.generation for r in rounds]
+        too_few = [sum(r.probed[q] for r in rounds) < k for q in range(num_queries)]
+        if any(too_few):  # fewer than k matching documents probed: those queries take all that match
+            retry = fan_out("probe", None, too_few)
+            _check_generation(retry, generation)
+            rounds = [Round(a.generation, [b.ranked[q] if too_few[q] else a.ranked[q] for q in range(num_queries)])
+                      for a, b in zip(rounds, retry)]
+        selected = [merge(parts, params.candidates) for parts in _per_query(rounds, num_queries)]
+        if any(sum(len(p) for p in parts) > params.rerank for parts in selected):
+            scored = fan_out("interaction", _per_shard(selected, len(rounds)), None)
+            _check_generation(scored, generation)
+            selected = [merge(parts, params.rerank) for parts in _per_query(scored, num_queries)]
+        reranked = fan_out("rerank", _per_shard(selected, len(rounds)), None)
+        _check_generation(reranked, generation)
+        final = _per_query(reranked, num_queries)
+    results = []
+    for parts in final:
+        best = merge(parts, k)
+        hits = [(float(score), shard, doc) for shard, part in enumerate(best)
+                for score, doc in zip(part.scores.tolist(), part.documents or [])]
+        results.append(sorted(hits, key=lambda hit: -hit[0]))
+    return results
+
+
+def _per_query(rounds: list[Round], num_queries: int) -> list[list[Ranked]]:
+    return [[r.ranked[q] for r in rounds] for q in range(num_queries)]
+
+
+def _per_shard(per_query: list[list[Ranked]], num_shards: int) -> list[list[Ranked]]:
+    return [[parts[s] for parts in per_query] for s in range(num_shards)]
+
+
+def _check_generation(rounds: list[Round], expected: list[int]) -> None:
+    if [r.generation for r in rounds] != expected:
+        raise StaleSearchError("a shard was written to during the search")
