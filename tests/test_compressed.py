@@ -9,30 +9,9 @@ import lir_agent.index as index_module
 from lir_agent import Index, InvalidInputError
 from lir_agent.codec import ResidualCodec
 
-DIM = 384
+from helpers import DIM, clustered, queries_for
 
 
-def clustered(n_docs: int, seed: int, n_topics: int = 60, spread: float = 0.5):
-    """Documents whose tokens gather around shared topic directions, like real text's."""
-    g = torch.Generator().manual_seed(seed)
-    topics = torch.nn.functional.normalize(torch.randn(n_topics, DIM, generator=g), dim=1)
-    docs, matrices = [], []
-    for i in range(n_docs):
-        length = int(torch.randint(20, 60, (1,), generator=g))
-        own = topics[torch.randint(0, n_topics, (3,), generator=g)]
-        picks = own[torch.randint(0, 3, (length,), generator=g)]
-        noise = torch.randn(length, DIM, generator=g) * spread / DIM**0.5
-        matrices.append(torch.nn.functional.normalize(picks + noise, dim=1))
-        docs.append({"id": f"d{seed}-{i}", "text": f"document {i} of batch {seed}",
-                     "metadata": {"group": i % 7, "batch": seed}})
-    return docs, matrices, topics
-
-
-def queries_for(topics, count, seed):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.nn.functional.normalize(topics[torch.randint(0, len(topics), (8,), generator=g)]
-                                          + torch.randn(8, DIM, generator=g) * 0.5 / DIM**0.5, dim=1)
-            for _ in range(count)]
 
 
 @pytest.fixture(scope="module")
