@@ -28,7 +28,7 @@ from .errors import (
     InvalidInputError,
     LIRError,
 )
-from .engines.pipeline import Ranked, Round, StaleSearchError, run_search
+from .engines.pipeline import Ranked, Round, StaleSearchError, may_reach_top, run_search
 from .filters import Filter, compile_filter
 MAX_K = 100_000
 MAX_SEGMENTS = 32  # above this many segments a write also compacts
@@ -355,9 +355,9 @@ class Index:
             return []
         prepared = self._engine.prepare_queries(self._query_matrices(queries), self.device)
 
-        def fan_out(stage: str, selections: list[list[Ranked]] | None, take_all: list[bool] | None) -> list[Round]:
+        def fan_out(stage: str, selections: list[list[Ranked]] | None, flags: list[bool] | None) -> list[Round]:
             selection = None if selections is None else selections[0]
-            return [self.search_round(stage, prepared, k, params, filter, selection, take_all)]
+            return [self.search_round(stage, prepared, k, params, filter, selection, flags)]
 
         ranked = run_search(self._engine.kind, fan_out, len(queries), k, params)
         return [[SearchHit(doc.id, score, rank, doc.text, dict(doc.metadata))
@@ -365,7 +365,7 @@ class Index:
                 for hits in ranked]
 
     def search_round(self, stage: str, prepared: Any, k: int, params: Any, filter: Filter | None = None,
-                     selection: list[Ranked] | None = None, take_all: list[bool] | None = None) -> Round:
+                     selection: list[Ranked] | None = None, flags: list[bool] | None = None) -> Round:
         """One round of a search on this index alone: the part a shard plays in a sharded
         search (see :mod:`lir_agent.engines.pipeline`). ``prepared``: the engine's prepared
         queries; ``selection``: per query, the documents of this index the round scores."""
@@ -380,22 +380,25 @@ class Index:
                     eligible &= np.fromiter((predicate(d.metadata) for d in segment.documents), bool, len(segment.documents))
                 masks.append(None if eligible.all() else eligible)
             if stage == "exact":
-                return self._with_documents(Round(generation, self._engine.exact_round(stores, masks, prepared, k)))
-            ranked, probed = self._engine.probe_round(stores, masks, prepared, params, take_all)
+                return self._with_documents(Round(generation, self._engine.exact_round(stores, masks, prepared, k)), k)
+            ranked, probed = self._engine.probe_round(stores, masks, prepared, params, flags)
             return Round(generation, ranked, probed)
         for part in selection:
             if len(part) and (part.segments.max() >= len(stores) or
                               (part.rows >= np.asarray([s.entry["num_docs"] for s in self._segments])[part.segments]).any()):
                 raise StaleSearchError(f"{self.path} changed during the search")
-        if stage == "interaction":
-            return Round(generation, self._engine.interaction_round(stores, prepared, selection))
-        if stage == "rerank":
-            return self._with_documents(Round(generation, self._engine.rerank_round(stores, prepared, selection, k)))
-        raise InvalidInputError(f"unknown search round {stage!r}")
+        if stage != "rerank":
+            raise InvalidInputError(f"unknown search round {stage!r}")
+        return self._with_documents(Round(generation, self._engine.rerank_round(stores, prepared, selection, params, flags)), k)
 
-    def _with_documents(self, round_: Round) -> Round:
+    def _with_documents(self, round_: Round, k: int) -> Round:
+        """Attaches the documents of the entries that can reach the top k (see may_reach_top)."""
         for ranked in round_.ranked:
-            ranked.documents = [self._segments[s].documents[row] for s, row in zip(ranked.segments, ranked.rows)]
+            ranked.documents = [None] * len(ranked)
+            reach = (np.arange(len(ranked)) if ranked.interaction is None
+                     else may_reach_top(ranked.interaction, ranked.scores, k))
+            for i in reach.tolist():
+                ranked.documents[i] = self._segments[ranked.segments[i]].documents[ranked.rows[i]]
         return round_
 
     def _query_matrices(self, queries: Sequence[Any]) -> list[torch.Tensor]:

@@ -231,8 +231,8 @@ class ShardedIndex:
         for attempt in range(SEARCH_ATTEMPTS):
             missing: set[int] = set()
 
-            def fan_out(stage: str, selections: list[list[Ranked]] | None, take_all: list[bool] | None) -> list[Round]:
-                args = [(stage, prepared, k, params, filter, None if selections is None else selections[s], take_all)
+            def fan_out(stage: str, selections: list[list[Ranked]] | None, flags: list[bool] | None) -> list[Round]:
+                args = [(stage, prepared, k, params, filter, None if selections is None else selections[s], flags)
                         for s in range(self.num_shards)]
                 rounds = self.shards.fan_out("search_round", args, allow_partial=allow_partial)
                 missing.update(s for s, r in enumerate(rounds) if r is None)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import ray
+import torch
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -59,7 +60,8 @@ class ShardActor:
 
     def where(self) -> dict[str, Any]:
         """Node, process and device of this replica (for placement checks and ``info``)."""
-        return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "device": self.index.device}
+        return {"node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "device": self.index.device,
+                "torch_threads": torch.get_num_threads()}
 
 
 class RayShards:
@@ -87,7 +89,7 @@ class RayShards:
         it; then brings the other replicas to the written state."""
         result = self._attempt(shard, method, args, kwargs, order=[0] * (self.num_replicas + 2))
         if method in WRITES and self.num_replicas > 1:
-            self._refresh_secondaries(shard)
+            self.refresh_secondaries(shard)
         return result
 
     def fan_out(self, method: str, per_shard_args: Sequence[tuple], allow_partial: bool = False) -> list[Any]:
@@ -121,7 +123,7 @@ class RayShards:
                 time.sleep(RETRY_PAUSE_S)  # a dead actor is being restarted from its shard
         raise ShardUnavailableError(f"shard {shard}: no replica answered {method!r} ({error})")
 
-    def _refresh_secondaries(self, shard: int) -> None:
+    def refresh_secondaries(self, shard: int) -> None:
         refs = [replica.call.remote("refresh") for replica in self.replicas[shard][1:]]
         for ref in refs:
             try:
@@ -173,12 +175,10 @@ class RayIndex(ShardedIndex):
     def _share(self, prepared: Any) -> Any:
         return ray.put(prepared)  # one copy in the object store, read by every shard
 
-    def save(self) -> list[int]:
-        """Writes are durable when acknowledged; this waits until every replica serves the last
-        of them, and returns each shard's generation."""
+    def save(self) -> None:
+        """Writes are durable when acknowledged; this waits until every replica serves the last of them."""
         for shard in range(self.num_shards):
-            self.shards._refresh_secondaries(shard)
-        return self.shards.fan_out("generation", [()] * self.num_shards)
+            self.shards.refresh_secondaries(shard)
 
     def placement(self) -> list[list[dict[str, Any]]]:
         return self.shards.placement()

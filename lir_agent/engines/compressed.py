@@ -224,20 +224,26 @@ class CompressedEngine:
         results = _per_query(one, len(queries.vectors), stores)
         return [ranked for ranked, _ in results], [count for _, count in results]
 
-    def interaction_round(self, stores: list[CompressedSegment], queries: QueryBatch,
-                          selections: list[Ranked]) -> list[Ranked]:
-        """Stage 2 per query: centroid-interaction scores of the selected documents."""
-        return _per_query(lambda q: _score_selection(
-            selections[q], stores, lambda store, docs: store.interaction(queries.centroid_scores[q].to(store.device), docs)),
-            len(queries.vectors), stores)
-
     def rerank_round(self, stores: list[CompressedSegment], queries: QueryBatch, selections: list[Ranked],
-                     k: int) -> list[Ranked]:
-        """Stage 3 per query: exact MaxSim on the decompressed tokens of the selected documents; the best k."""
-        return _per_query(lambda q: _score_selection(
-            selections[q], stores, lambda store, docs: store.rerank(
-                queries.vectors[q].to(store.device), queries.centroid_scores[q].to(store.device), docs)).best(k),
-            len(queries.vectors), stores)
+                     params: SearchParams, prune: list[bool]) -> list[Ranked]:
+        """Stages 2 and 3 per query: where ``prune[q]``, centroid-interaction scores of the selected
+        documents and the best ``rerank`` of them by it; then exact MaxSim on the decompressed
+        tokens of those (the scores; the interaction scores go along)."""
+
+        def one(q: int) -> Ranked:
+            selection, centroid_scores = selections[q], queries.centroid_scores[q]
+            interaction = None
+            if prune[q]:
+                scored = _score_selection(selection, stores, lambda store, docs: store.interaction(
+                    centroid_scores.to(store.device), docs))
+                selection = scored.best(params.rerank)
+                interaction = selection.scores
+            exact = _score_selection(selection, stores, lambda store, docs: store.rerank(
+                queries.vectors[q].to(store.device), centroid_scores.to(store.device), docs))
+            exact.interaction = interaction
+            return exact
+
+        return _per_query(one, len(queries.vectors), stores)
 
     def prepare_queries(self, matrices: list[torch.Tensor], device: str) -> QueryBatch:
         vectors = [self.codec.project(m.float()) for m in matrices]

@@ -5,17 +5,21 @@ shard) and the coordinator merges the shards' answers before the next:
 
 * exact engine: one round, ``"exact"``: each shard's top k; the merge keeps the best k.
 * compressed engine (see :mod:`lir_agent.engines.compressed`): ``"probe"`` (each shard's best
-  ``candidates`` by approximate score) → merge → ``"interaction"`` on the merged selection →
-  merge to ``rerank`` → ``"rerank"`` (exact MaxSim on decompressed tokens) → merge to k.
+  ``candidates`` by approximate score) → merge → ``"rerank"`` on the merged selection: each
+  shard scores its part by centroid interaction, keeps its best ``rerank`` by that score and
+  scores those exactly (MaxSim on decompressed tokens) → merge to the best ``rerank`` by
+  interaction over all shards → of those, the best k by exact score.
 
 Because every cut is made over all shards together, a sharded index returns exactly what one
-index holding the same documents (and the same codec) returns. A shard answers a round with a
-:class:`Ranked` per query; the last round attaches the documents of its top k, so no further
-round trip is needed to build the hits.
+index holding the same documents (and the same codec) returns: a document among the best
+``rerank`` of all shards is among the best ``rerank`` of its own shard's part. A shard answers
+a round with a :class:`Ranked` per query; the last round attaches the documents of every entry
+that can end in the top k (see :func:`may_reach_top`), so no further round trip is needed.
 """
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -32,18 +36,20 @@ class Ranked:
     scores: np.ndarray  # float32
     segments: np.ndarray  # int64
     rows: np.ndarray  # int64
-    documents: list[Any] | None = None
+    documents: list[Any] | None = None  # None where a document cannot reach the top k
+    interaction: np.ndarray | None = None  # centroid-interaction scores, when the round pruned by them
 
     @classmethod
     def empty(cls) -> "Ranked":
-        return cls(np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64))
+        return cls(np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), [], np.zeros(0, np.float32))
 
     def __len__(self) -> int:
         return len(self.scores)
 
     def take(self, positions: np.ndarray) -> "Ranked":
         documents = None if self.documents is None else [self.documents[i] for i in positions]
-        return Ranked(self.scores[positions], self.segments[positions], self.rows[positions], documents)
+        interaction = None if self.interaction is None else self.interaction[positions]
+        return Ranked(self.scores[positions], self.segments[positions], self.rows[positions], documents, interaction)
 
     def best(self, count: int) -> "Ranked":
         """The ``count`` highest-scoring entries, best first (ties: lower position first)."""
@@ -74,9 +80,29 @@ class StaleSearchError(LIRError):
     """A shard changed between the rounds of one search (the search is retried)."""
 
 
-def merge(parts: Sequence[Ranked], count: int) -> list[Ranked]:
-    """The ``count`` best entries over all shards' ``parts``, returned per shard."""
-    scores = np.concatenate([p.scores for p in parts]) if parts else np.zeros(0, np.float32)
+def may_reach_top(first_scores: np.ndarray, second_scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions that are among the best k by ``second_scores`` of some prefix of the order by
+    ``first_scores`` (descending): whatever prefix a later cut by the first score keeps, its
+    best k by the second are among them."""
+    order = np.argsort(-first_scores, kind="stable")
+    best: list[float] = []  # a min-heap of the k best second scores seen so far
+    keep = []
+    for position in order.tolist():
+        score = float(second_scores[position])
+        if len(best) < k:
+            heapq.heappush(best, score)
+            keep.append(position)
+        elif score >= best[0]:
+            heapq.heapreplace(best, score)
+            keep.append(position)
+    return np.asarray(sorted(keep), dtype=np.int64)
+
+
+def merge(parts: Sequence[Ranked], count: int, by_interaction: bool = False) -> list[Ranked]:
+    """The ``count`` best entries over all shards' ``parts`` (by score, or by interaction
+    score), returned per shard."""
+    scores = (np.concatenate([p.interaction if by_interaction else p.scores for p in parts]) if parts
+              else np.zeros(0, np.float32))
     shard_of = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)]) if parts else np.zeros(0, int)
     position = np.concatenate([np.arange(len(p)) for p in parts]) if parts else np.zeros(0, int)
     keep = np.argsort(-scores, kind="stable")[:count]
@@ -84,14 +110,16 @@ def merge(parts: Sequence[Ranked], count: int) -> list[Ranked]:
 
 
 FanOut = Callable[[str, "list[list[Ranked]] | None", "list[bool] | None"], list[Round]]
+"""``fan_out(stage, selections, flags)``: runs a round on every shard (see :func:`run_search`)."""
 
 
 def run_search(kind: str, fan_out: FanOut, num_queries: int, k: int, params: Any) -> list[list[tuple[float, int, Any]]]:
     """Runs the rounds of a search; returns per query the best k (score, shard, document).
 
-    ``fan_out(stage, selections, take_all)`` runs one round on every shard and returns their
-    Rounds in shard order; ``selections[shard][query]`` narrows a round to those documents,
-    ``take_all[query]`` makes the probe round return every matching document.
+    ``fan_out(stage, selections, flags)`` runs one round on every shard and returns their
+    Rounds in shard order; ``selections[shard][query]`` narrows a round to those documents;
+    ``flags[query]``: in the probe round, return every matching document (too few were
+    probed); in the rerank round, prune by centroid interaction first.
     """
     if kind == "exact":
         final = _per_query(fan_out("exact", None, None), num_queries)
@@ -105,18 +133,16 @@ def run_search(kind: str, fan_out: FanOut, num_queries: int, k: int, params: Any
             rounds = [Round(a.generation, [b.ranked[q] if too_few[q] else a.ranked[q] for q in range(num_queries)])
                       for a, b in zip(rounds, retry)]
         selected = [merge(parts, params.candidates) for parts in _per_query(rounds, num_queries)]
-        if any(sum(len(p) for p in parts) > params.rerank for parts in selected):
-            scored = fan_out("interaction", _per_shard(selected, len(rounds)), None)
-            _check_generation(scored, generation)
-            selected = [merge(parts, params.rerank) for parts in _per_query(scored, num_queries)]
-        reranked = fan_out("rerank", _per_shard(selected, len(rounds)), None)
+        prune = [sum(len(p) for p in parts) > params.rerank for parts in selected]
+        reranked = fan_out("rerank", _per_shard(selected, len(rounds)), prune)
         _check_generation(reranked, generation)
-        final = _per_query(reranked, num_queries)
+        final = [merge(parts, params.rerank, by_interaction=True) if prune[q] else parts
+                 for q, parts in enumerate(_per_query(reranked, num_queries))]
     results = []
     for parts in final:
         best = merge(parts, k)
         hits = [(float(score), shard, doc) for shard, part in enumerate(best)
-                for score, doc in zip(part.scores.tolist(), part.documents or [])]
+                for score, doc in zip(part.scores.tolist(), part.documents)]
         results.append(sorted(hits, key=lambda hit: -hit[0]))
     return results
 
