@@ -48,3 +48,19 @@ async def count_loop_ticks(work) -> tuple[int, float, object]:
         done.set()
         await task
     return ticks, time.perf_counter() - start, result
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One simulated three-node Ray cluster (one CPU each) shared by every Ray test of the run."""
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    for _ in range(2):
+        cluster.add_node(num_cpus=1)
+    ray.init(address=cluster.address, logging_level="WARNING", log_to_driver=False)
+    cluster.wait_for_nodes()
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()

@@ -109,7 +109,7 @@ class ShardSet(Protocol):
         """Calls an Index method on one shard (writes go to its primary copy)."""
 
     def fan_out(self, method: str, per_shard_args: Sequence[tuple], allow_partial: bool = False) -> list[Any]:
-        """Calls an Index method on every shard at once, one argument tuple per shard; with
+        """Calls an Index method on every shard at once, ``per_shard_args[shard]`` its arguments; with
         ``allow_partial`` an unreachable shard's answer is None instead of an error."""
 
 
@@ -290,8 +290,8 @@ class ShardedIndex:
         for i, doc in enumerate(docs):
             by_shard[shard_of(doc.id, self.num_shards)].append(i)
         if not upsert:
-            shards = sorted(by_shard)
-            found = self.shards.fan_out("existing", [([docs[i].id for i in by_shard[s]],) for s in shards])
+            found = self.shards.fan_out("existing", [([docs[i].id for i in by_shard.get(s, [])],)
+                                                     for s in range(self.num_shards)])
             existing = [doc_id for ids in found for doc_id in ids]
             if existing:
                 raise DuplicateIdError(f"{len(existing)} id(s) already in the index, e.g. {existing[0]!r} (use upsert to replace)")
@@ -317,13 +317,13 @@ class ShardedIndex:
         by_shard: dict[int, list[str]] = defaultdict(list)
         for doc_id in ids:
             by_shard[self._shard_of(doc_id)].append(doc_id)
-        shards = sorted(by_shard)
         if not missing_ok:
-            found = self.shards.fan_out("existing", [(by_shard[s],) for s in shards])
-            missing = [i for s, present in zip(shards, found) for i in by_shard[s] if i not in set(present)]
+            found = self.shards.fan_out("existing", [(by_shard.get(s, []),) for s in range(self.num_shards)])
+            held = {doc_id for ids in found for doc_id in ids}
+            missing = [doc_id for doc_id in ids if doc_id not in held]
             if missing:
                 raise DocumentNotFoundError(f"{len(missing)} unknown id(s), e.g. {missing[0]!r}; nothing was deleted")
-        return sum(self.shards.call(s, "delete", by_shard[s], missing_ok=True) for s in shards)
+        return sum(self.shards.call(s, "delete", by_shard[s], missing_ok=True) for s in sorted(by_shard))
 
     def compact(self) -> None:
         for shard in range(self.num_shards):
