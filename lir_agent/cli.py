@@ -1,4 +1,4 @@
-"""The ``lir-agent`` command line: index, search, info, eval."""
+"""The ``lir-agent`` command line: index, search, info, eval; reshard, build and serve (sharded indexes)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from .corpus import read_documents
 from .errors import LIRError, NotAnIndexError
 from .eval import DEFAULT_METRICS, evaluate, load_beir
 from .index import Index
+from .sharded import ShardedIndex, is_sharded, reshard
 
 ADD_CHUNK = 2048  # documents per write while indexing a collection
 
@@ -64,8 +65,13 @@ def cmd_index(args: argparse.Namespace) -> None:
           f"({len(index)} documents in all)")
 
 
+def open_index(path: str | Path) -> Index | ShardedIndex:
+    """A single-machine or a sharded index (its shards opened in this process)."""
+    return ShardedIndex.open(path) if is_sharded(path) else Index.open(path)
+
+
 def cmd_search(args: argparse.Namespace) -> None:
-    index = Index.open(args.index)
+    index = open_index(args.index)
     hits = index.search(args.query, k=args.k, filter=json.loads(args.filter) if args.filter else None,
                         **_search_params(args))
     if args.json:
@@ -79,9 +85,10 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    index = Index.open(args.index)
+    index = open_index(args.index)
     if args.verify:
-        index.verify()
+        for shard in (index.shards.indexes if isinstance(index, ShardedIndex) else [index]):
+            shard.verify()
     info = index.info()
     if args.verify:
         info["verified"] = True
@@ -118,6 +125,34 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"using the cached index {cache}", file=sys.stderr)
     for name, value in evaluate(index, dataset, metrics=args.metrics, **_search_params(args)).items():
         print(f"{name} {value:.4f}")
+
+
+def cmd_reshard(args: argparse.Namespace) -> None:
+    counts = reshard(args.source, args.target, args.shards)
+    print(f"wrote {counts['documents']} documents into {counts['num_shards']} shards at {args.target}")
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    from .distributed.build import build_sharded  # imports Ray
+
+    start = time.perf_counter()
+    counts = build_sharded(read_documents(args.path), args.index, args.shards, model=args.encoder,
+                           index_type=args.index_type, nbits=args.nbits, num_encoders=args.encoders,
+                           encoder_gpus=args.encoder_gpus, num_gpus_per_shard=args.num_gpus_per_shard)
+    print(f"built {args.index}: {counts['documents']} documents in {counts['num_shards']} shards "
+          f"in {time.perf_counter() - start:.1f}s")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .distributed import serve  # imports Ray
+
+    limits = serve.Limits(max_k=args.max_k, max_query_chars=args.max_query_chars, max_batch=args.max_batch)
+    options = {"num_replicas": args.replicas, "num_gpus_per_shard": args.num_gpus_per_shard,
+               "num_cpus_per_shard": args.num_cpus_per_shard}
+    print(f"serving {args.index} on http://{args.host}:{args.port} (POST /search, GET /health, GET /info)")
+    serve.run(str(Path(args.index).resolve()), host=args.host, port=args.port,
+              token=args.token or os.environ.get("LIR_AGENT_TOKEN"), limits=limits, index_options=options,
+              address=args.address)
 
 
 def _index_options(parser: argparse.ArgumentParser, default_type: str) -> None:
@@ -171,6 +206,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="where built indexes are kept between runs")
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_eval)
+
+    p = commands.add_parser("reshard", help="rewrite an index (single or sharded) into N shards")
+    p.add_argument("source")
+    p.add_argument("target", help="a new directory")
+    p.add_argument("--shards", type=int, required=True)
+    p.set_defaults(func=cmd_reshard)
+
+    p = commands.add_parser("build", help="build a sharded index on Ray (encoder actors, shard actors)")
+    p.add_argument("path", help="JSONL of {_id|id, text, title?, metadata?} records, or a folder")
+    p.add_argument("--index", required=True, help="new sharded index directory")
+    p.add_argument("--shards", type=int, required=True)
+    p.add_argument("--encoder", help="model name or path (default: bundled all-MiniLM-L6-v2)")
+    p.add_argument("--index-type", choices=["exact", "compressed"], default="exact")
+    p.add_argument("--nbits", type=int, choices=[1, 2, 4, 16], default=2)
+    p.add_argument("--encoders", type=int, default=2, help="encoder actors")
+    p.add_argument("--encoder-gpus", type=float, default=0.0, help="GPUs per encoder actor")
+    p.add_argument("--num-gpus-per-shard", type=float, default=0.0)
+    p.set_defaults(func=cmd_build)
+
+    p = commands.add_parser("serve", help="serve a sharded index over HTTP on Ray Serve")
+    p.add_argument("index")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help="bearer token every request must carry (default: $LIR_AGENT_TOKEN)")
+    p.add_argument("--replicas", type=int, default=1, help="replicas per shard")
+    p.add_argument("--num-cpus-per-shard", type=float, default=0.5)
+    p.add_argument("--num-gpus-per-shard", type=float, default=0.0, help="fractional GPUs per shard replica")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--max-k", type=int, default=1000)
+    p.add_argument("--max-query-chars", type=int, default=4096)
+    p.add_argument("--max-batch", type=int, default=64)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

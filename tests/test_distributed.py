@@ -129,3 +129,22 @@ def test_writes_through_the_coordinator(ray_cluster, tmp_path, encoder, corpus):
         index.save()
     reopened = ShardedIndex.open(tmp_path / "w")
     assert sorted(reopened.ids()) == sorted(reference.ids())
+
+
+def test_distributed_build_matches_a_local_build(ray_cluster, tmp_path, encoder):
+    from lir_agent.corpus import read_documents
+    from lir_agent.distributed.build import build_sharded
+
+    from conftest import SAMPLE_CORPUS
+
+    docs = list(read_documents(SAMPLE_CORPUS))[:90]
+    counts = build_sharded(iter(docs), tmp_path / "built", 2, num_encoders=2, encoder_cpus=0.2, batch_docs=16,
+                           max_in_flight=2, flush_docs=30, num_cpus_per_shard=ACTOR_CPUS)
+    assert counts == {"documents": 90, "written": 90, "num_shards": 2}
+    local = Index.create(tmp_path / "local", encoder, index_type="exact")
+    local.add(docs)
+    built = ShardedIndex.open(tmp_path / "built")
+    for query in ["Which band released the album?", "a river in Europe", "film directed by"]:
+        expected, got = local.search(query, k=8), built.search(query, k=8)
+        assert [h.id for h in got] == [h.id for h in expected]
+        np.testing.assert_allclose([h.score for h in got], [h.score for h in expected], atol=2e-3)

@@ -2,6 +2,7 @@
 same documents, writes routed by id, and resharding."""
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -125,3 +126,16 @@ def test_may_reach_top_covers_the_top_k_of_every_prefix():
             threshold = np.sort(second[members])[::-1][min(k, prefix) - 1]
             assert {int(i) for i in members if second[i] > threshold} <= kept
             assert len(kept & {int(i) for i in members if second[i] >= threshold}) >= min(k, prefix)
+
+
+def test_reshard_search_and_info_from_the_command_line(tmp_path, sample_index_path, capsys):
+    from lir_agent.cli import main
+
+    assert main(["reshard", str(sample_index_path), str(tmp_path / "three"), "--shards", "3"]) == 0
+    assert main(["info", str(tmp_path / "three"), "--verify"]) == 0
+    info = json.loads(capsys.readouterr().out.split("\n", 1)[1])
+    assert info["num_shards"] == 3 and info["documents"] == len(Index.open(sample_index_path))
+    assert main(["search", str(tmp_path / "three"), "Which band released the album?", "-k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert [h["id"] for h in hits] == [h.id for h in Index.open(sample_index_path).search("Which band released the album?", k=3)]
+    assert main(["reshard", str(tmp_path / "three"), str(tmp_path / "three"), "--shards", "2"]) == 2

@@ -1,5 +1,8 @@
 """An HTTP search service on Ray Serve over a :class:`~lir_agent.distributed.RayIndex`.
 
+(No ``from __future__ import annotations`` here: FastAPI reads the request model from the
+handler's annotations at run time.)
+
 ``POST /search`` takes JSON ``{"query": str}`` or ``{"queries": [str, ...]}`` with optional
 ``k``, ``filter`` and ``allow_partial``; single queries arriving together are batched
 (``serve.batch``) into one sharded search. ``GET /health`` and ``GET /info`` report the index.
@@ -8,7 +11,6 @@ k / query length / batch size over the limits 422, a missing or wrong bearer tok
 filter 400. The service binds 127.0.0.1 unless told otherwise.
 """
 
-from __future__ import annotations
 
 import asyncio
 import hmac
