@@ -28,7 +28,7 @@ from .errors import (
     InvalidInputError,
     LIRError,
 )
-from .engines.pipeline import Ranked, Round, StaleSearchError, may_reach_top, run_search
+from .engines.pipeline import Ranked, Round, StaleSearchError, run_search
 from .filters import Filter, compile_filter
 MAX_K = 100_000
 MAX_SEGMENTS = 32  # above this many segments a write also compacts
@@ -353,7 +353,7 @@ class Index:
         compile_filter(filter)  # a bad filter fails before any work
         if len(queries) == 0:
             return []
-        prepared = self._engine.prepare_queries(self._query_matrices(queries), self.device)
+        prepared = self.prepare_queries(self._query_matrices(queries))
 
         def fan_out(stage: str, selections: list[list[Ranked]] | None, flags: list[bool] | None) -> list[Round]:
             selection = None if selections is None else selections[0]
@@ -364,11 +364,20 @@ class Index:
                  for rank, (score, _, doc) in enumerate(hits, start=1)]
                 for hits in ranked]
 
+    def prepare_queries(self, matrices: list[torch.Tensor]) -> Any:
+        """Query matrices made ready for :meth:`search_round` (for a compressed index: projected,
+        and scored against every centroid)."""
+        return self._engine.prepare_queries(matrices, self.device)
+
     def search_round(self, stage: str, prepared: Any, k: int, params: Any, filter: Filter | None = None,
                      selection: list[Ranked] | None = None, flags: list[bool] | None = None) -> Round:
         """One round of a search on this index alone: the part a shard plays in a sharded
         search (see :mod:`lir_agent.engines.pipeline`). ``prepared``: the engine's prepared
-        queries; ``selection``: per query, the documents of this index the round scores."""
+        queries (:meth:`prepare_queries`), or the query matrices as numpy arrays (a remote
+        shard prepares them itself: cheaper than receiving centroid scores); ``selection``: per
+        query, the documents of this index the round scores."""
+        if isinstance(prepared, list) and prepared and isinstance(prepared[0], np.ndarray):
+            prepared = self.prepare_queries([torch.from_numpy(m) for m in prepared])
         stores = [segment.store for segment in self._segments]
         generation = self._manifest["generation"]
         if stage in ("exact", "probe"):
@@ -380,7 +389,7 @@ class Index:
                     eligible &= np.fromiter((predicate(d.metadata) for d in segment.documents), bool, len(segment.documents))
                 masks.append(None if eligible.all() else eligible)
             if stage == "exact":
-                return self._with_documents(Round(generation, self._engine.exact_round(stores, masks, prepared, k)), k)
+                return self._with_documents(Round(generation, self._engine.exact_round(stores, masks, prepared, k)))
             ranked, probed = self._engine.probe_round(stores, masks, prepared, params, flags)
             return Round(generation, ranked, probed)
         for part in selection:
@@ -389,16 +398,11 @@ class Index:
                 raise StaleSearchError(f"{self.path} changed during the search")
         if stage != "rerank":
             raise InvalidInputError(f"unknown search round {stage!r}")
-        return self._with_documents(Round(generation, self._engine.rerank_round(stores, prepared, selection, params, flags)), k)
+        return self._with_documents(Round(generation, self._engine.rerank_round(stores, prepared, selection, k)))
 
-    def _with_documents(self, round_: Round, k: int) -> Round:
-        """Attaches the documents of the entries that can reach the top k (see may_reach_top)."""
+    def _with_documents(self, round_: Round) -> Round:
         for ranked in round_.ranked:
-            ranked.documents = [None] * len(ranked)
-            reach = (np.arange(len(ranked)) if ranked.interaction is None
-                     else may_reach_top(ranked.interaction, ranked.scores, k))
-            for i in reach.tolist():
-                ranked.documents[i] = self._segments[ranked.segments[i]].documents[ranked.rows[i]]
+            ranked.documents = [self._segments[s].documents[row] for s, row in zip(ranked.segments, ranked.rows)]
         return round_
 
     def _query_matrices(self, queries: Sequence[Any]) -> list[torch.Tensor]:

@@ -227,7 +227,7 @@ class ShardedIndex:
         compile_filter(filter)
         if len(queries) == 0:
             return []
-        prepared = self._share(self._engine.prepare_queries(self._query_matrices(queries), "cpu"))
+        prepared = self._share(self._query_matrices(queries))
         for attempt in range(SEARCH_ATTEMPTS):
             missing: set[int] = set()
 
@@ -253,9 +253,10 @@ class ShardedIndex:
             results.append(result)
         return results
 
-    def _share(self, prepared: Any) -> Any:
-        """Hook: how prepared queries reach the shards (Ray puts them in the object store once)."""
-        return prepared
+    def _share(self, matrices: list[torch.Tensor]) -> Any:
+        """What the shards' search rounds receive for the query matrices: here, prepared once
+        for all shards (they share the engine's settings and codec)."""
+        return self._engine.prepare_queries(matrices, "cpu")
 
     def _query_matrices(self, queries: Sequence[Any]) -> list[torch.Tensor]:
         for i, q in enumerate(queries):

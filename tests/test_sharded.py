@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from lir_agent import DocumentNotFoundError, DuplicateIdError, Index, InvalidInputError, NotAnIndexError, ResidualCodec
-from lir_agent.engines.pipeline import may_reach_top
 from lir_agent.sharded import ShardedIndex, reshard, shard_of
 
 from helpers import clustered, queries_for
@@ -111,21 +110,6 @@ def test_reshard_preserves_every_document(tmp_path, encoder, corpus, codec, kind
         assert [h.id for h in g] == [h.id for h in e]
     with pytest.raises(InvalidInputError, match="not empty"):
         reshard(single.path, tmp_path / "two", 4, show_progress=False)
-
-
-def test_may_reach_top_covers_the_top_k_of_every_prefix():
-    rng = np.random.default_rng(0)
-    for trial in range(50):
-        n, k = int(rng.integers(1, 40)), int(rng.integers(1, 6))
-        first, second = rng.normal(size=n), rng.integers(0, 5, size=n).astype(float)  # ties in the second
-        kept = set(may_reach_top(first, second, k).tolist())
-        order = np.argsort(-first, kind="stable")
-        for prefix in range(1, n + 1):
-            members = order[:prefix]
-            # every member whose score makes the prefix's top k (ties included) must be kept
-            threshold = np.sort(second[members])[::-1][min(k, prefix) - 1]
-            assert {int(i) for i in members if second[i] > threshold} <= kept
-            assert len(kept & {int(i) for i in members if second[i] >= threshold}) >= min(k, prefix)
 
 
 def test_reshard_search_and_info_from_the_command_line(tmp_path, sample_index_path, capsys):

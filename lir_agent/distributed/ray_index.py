@@ -32,6 +32,7 @@ from ..sharded import ShardedIndex, checked_encoder, read_layout, shared_setting
 
 ACTOR_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError, GetTimeoutError)
 RETRY_PAUSE_S = 0.2
+INLINE_QUERY_BYTES = 256 * 1024  # query matrices up to this size travel inside the calls
 
 
 class ShardUnavailableError(LIRError):
@@ -172,8 +173,13 @@ class RayIndex(ShardedIndex):
                            num_gpus_per_shard, spread, call_timeout_s)
         return cls(path, layout, shards, settings, engine, checked_encoder(encoder, settings, path))
 
-    def _share(self, prepared: Any) -> Any:
-        return ray.put(prepared)  # one copy in the object store, read by every shard
+    def _share(self, matrices: list[torch.Tensor]) -> Any:
+        """The query matrices as the shards receive them (each shard prepares them itself:
+        scoring against the centroids costs less than shipping the scores). A batch goes into
+        the object store once and every shard reads that copy; a small one (a few queries)
+        travels inside the calls, which saves each shard a fetch from the driver."""
+        arrays = [m.float().numpy() for m in matrices]
+        return ray.put(arrays) if sum(a.nbytes for a in arrays) > INLINE_QUERY_BYTES else arrays
 
     def save(self) -> None:
         """Writes are durable when acknowledged; this waits until every replica serves the last of them."""

@@ -205,8 +205,9 @@ class CompressedEngine:
     # -------------------------------------------------------------- search rounds (see pipeline)
     def probe_round(self, stores: list[CompressedSegment], masks: list[np.ndarray | None], queries: QueryBatch,
                     params: SearchParams, take_all: list[bool] | None) -> tuple[list[Ranked], list[int]]:
-        """Stage 1 per query: the best ``candidates`` documents by approximate score, and how many
-        matching documents were probed (``take_all[q]``: every matching document is a candidate)."""
+        """Stages 1 and 2 per query: the best ``candidates`` documents by approximate score with
+        their centroid-interaction scores, and how many matching documents were probed
+        (``take_all[q]``: every matching document is a candidate)."""
         eligible = [None if m is None else torch.from_numpy(m).to(s.device) for s, m in zip(stores, masks)]
 
         def one(q: int) -> tuple[Ranked, int]:
@@ -219,31 +220,20 @@ class CompressedEngine:
                     keep = torch.ones_like(probed) if allowed is None else allowed
                 docs = torch.nonzero(keep).squeeze(1)
                 parts.append(Ranked(totals[docs].cpu().numpy(), np.full(len(docs), segment), docs.cpu().numpy()))
-            return concatenate(parts).best(params.candidates), probed_count
+            candidates = concatenate(parts).best(params.candidates)
+            candidates.interaction = _score_selection(candidates, stores, lambda store, docs: store.interaction(
+                queries.centroid_scores[q].to(store.device), docs)).scores
+            return candidates, probed_count
 
         results = _per_query(one, len(queries.vectors), stores)
         return [ranked for ranked, _ in results], [count for _, count in results]
 
     def rerank_round(self, stores: list[CompressedSegment], queries: QueryBatch, selections: list[Ranked],
-                     params: SearchParams, prune: list[bool]) -> list[Ranked]:
-        """Stages 2 and 3 per query: where ``prune[q]``, centroid-interaction scores of the selected
-        documents and the best ``rerank`` of them by it; then exact MaxSim on the decompressed
-        tokens of those (the scores; the interaction scores go along)."""
-
-        def one(q: int) -> Ranked:
-            selection, centroid_scores = selections[q], queries.centroid_scores[q]
-            interaction = None
-            if prune[q]:
-                scored = _score_selection(selection, stores, lambda store, docs: store.interaction(
-                    centroid_scores.to(store.device), docs))
-                selection = scored.best(params.rerank)
-                interaction = selection.scores
-            exact = _score_selection(selection, stores, lambda store, docs: store.rerank(
-                queries.vectors[q].to(store.device), centroid_scores.to(store.device), docs))
-            exact.interaction = interaction
-            return exact
-
-        return _per_query(one, len(queries.vectors), stores)
+                     k: int) -> list[Ranked]:
+        """Stage 3 per query: exact MaxSim on the decompressed tokens of the selected documents; the best k."""
+        return _per_query(lambda q: _score_selection(selections[q], stores, lambda store, docs: store.rerank(
+            queries.vectors[q].to(store.device), queries.centroid_scores[q].to(store.device), docs)).best(k),
+            len(queries.vectors), stores)
 
     def prepare_queries(self, matrices: list[torch.Tensor], device: str) -> QueryBatch:
         vectors = [self.codec.project(m.float()) for m in matrices]

@@ -4,22 +4,21 @@ An index answers a search in rounds; each round runs on every shard (a single in
 shard) and the coordinator merges the shards' answers before the next:
 
 * exact engine: one round, ``"exact"``: each shard's top k; the merge keeps the best k.
-* compressed engine (see :mod:`lir_agent.engines.compressed`): ``"probe"`` (each shard's best
-  ``candidates`` by approximate score) → merge → ``"rerank"`` on the merged selection: each
-  shard scores its part by centroid interaction, keeps its best ``rerank`` by that score and
-  scores those exactly (MaxSim on decompressed tokens) → merge to the best ``rerank`` by
-  interaction over all shards → of those, the best k by exact score.
+* compressed engine (see :mod:`lir_agent.engines.compressed`): ``"probe"``: each shard's best
+  ``candidates`` by approximate score, with their centroid-interaction scores → merge to the
+  best ``candidates`` by approximate score over all shards, then of those the best ``rerank``
+  by interaction → ``"rerank"``: exact MaxSim on the decompressed tokens of the survivors, each
+  shard's best k → merge to k.
 
 Because every cut is made over all shards together, a sharded index returns exactly what one
 index holding the same documents (and the same codec) returns: a document among the best
-``rerank`` of all shards is among the best ``rerank`` of its own shard's part. A shard answers
-a round with a :class:`Ranked` per query; the last round attaches the documents of every entry
-that can end in the top k (see :func:`may_reach_top`), so no further round trip is needed.
+``candidates`` of all shards is among the best ``candidates`` of its own shard. A shard
+answers a round with a :class:`Ranked` per query; the last round attaches its hits' documents,
+so no further round trip is needed.
 """
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -36,8 +35,8 @@ class Ranked:
     scores: np.ndarray  # float32
     segments: np.ndarray  # int64
     rows: np.ndarray  # int64
-    documents: list[Any] | None = None  # None where a document cannot reach the top k
-    interaction: np.ndarray | None = None  # centroid-interaction scores, when the round pruned by them
+    documents: list[Any] | None = None  # set by the last round of a search
+    interaction: np.ndarray | None = None  # centroid-interaction scores (probe round)
 
     @classmethod
     def empty(cls) -> "Ranked":
@@ -80,24 +79,6 @@ class StaleSearchError(LIRError):
     """A shard changed between the rounds of one search (the search is retried)."""
 
 
-def may_reach_top(first_scores: np.ndarray, second_scores: np.ndarray, k: int) -> np.ndarray:
-    """Positions that are among the best k by ``second_scores`` of some prefix of the order by
-    ``first_scores`` (descending): whatever prefix a later cut by the first score keeps, its
-    best k by the second are among them."""
-    order = np.argsort(-first_scores, kind="stable")
-    best: list[float] = []  # a min-heap of the k best second scores seen so far
-    keep = []
-    for position in order.tolist():
-        score = float(second_scores[position])
-        if len(best) < k:
-            heapq.heappush(best, score)
-            keep.append(position)
-        elif score >= best[0]:
-            heapq.heapreplace(best, score)
-            keep.append(position)
-    return np.asarray(sorted(keep), dtype=np.int64)
-
-
 def merge(parts: Sequence[Ranked], count: int, by_interaction: bool = False) -> list[Ranked]:
     """The ``count`` best entries over all shards' ``parts`` (by score, or by interaction
     score), returned per shard."""
@@ -118,8 +99,7 @@ def run_search(kind: str, fan_out: FanOut, num_queries: int, k: int, params: Any
 
     ``fan_out(stage, selections, flags)`` runs one round on every shard and returns their
     Rounds in shard order; ``selections[shard][query]`` narrows a round to those documents;
-    ``flags[query]``: in the probe round, return every matching document (too few were
-    probed); in the rerank round, prune by centroid interaction first.
+    ``flags[query]`` makes the probe round return every matching document (too few were probed).
     """
     if kind == "exact":
         final = _per_query(fan_out("exact", None, None), num_queries)
@@ -133,11 +113,10 @@ def run_search(kind: str, fan_out: FanOut, num_queries: int, k: int, params: Any
             rounds = [Round(a.generation, [b.ranked[q] if too_few[q] else a.ranked[q] for q in range(num_queries)])
                       for a, b in zip(rounds, retry)]
         selected = [merge(parts, params.candidates) for parts in _per_query(rounds, num_queries)]
-        prune = [sum(len(p) for p in parts) > params.rerank for parts in selected]
-        reranked = fan_out("rerank", _per_shard(selected, len(rounds)), prune)
+        selected = [merge(parts, params.rerank, by_interaction=True) for parts in selected]
+        reranked = fan_out("rerank", _per_shard(selected, len(rounds)), None)
         _check_generation(reranked, generation)
-        final = [merge(parts, params.rerank, by_interaction=True) if prune[q] else parts
-                 for q, parts in enumerate(_per_query(reranked, num_queries))]
+        final = _per_query(reranked, num_queries)
     results = []
     for parts in final:
         best = merge(parts, k)
