@@ -27,6 +27,7 @@ from .errors import (
     IndexCorruptedError,
     InvalidInputError,
     LIRError,
+    NotAnIndexError,
 )
 from .engines.pipeline import Ranked, Round, StaleSearchError, run_search
 from .filters import Filter, compile_filter
@@ -208,6 +209,9 @@ class Index:
         """Opens an index. Without ``encoder`` the one it was built with is loaded when first needed;
         with one, its settings must match the index's or EncoderMismatchError is raised."""
         path = Path(path)
+        if (path / "shards.json").exists():
+            raise NotAnIndexError(f"{path} is a sharded index: open it with lir_agent.sharded.ShardedIndex.open "
+                                  "or lir_agent.distributed.RayIndex.open")
         manifest = storage.read_manifest(path)
         try:
             settings = EncoderSettings.from_dict(manifest["encoder"])

@@ -93,6 +93,8 @@ def test_writes_go_to_the_owning_shard(tmp_path, encoder, corpus):
     assert reopened.count({"group": 1}) == sum(1 for d in docs[1:100] if d["metadata"]["group"] == 1)
     with pytest.raises(NotAnIndexError, match="shard"):
         ShardedIndex.open(tmp_path / "s" / sharded.layout["shards"][0])
+    with pytest.raises(NotAnIndexError, match="ShardedIndex.open"):
+        Index.open(tmp_path / "s")
 
 
 @pytest.mark.parametrize("kind", ["exact", "compressed"])
