@@ -9,7 +9,8 @@ The public API::
     hits = index.search("a question", k=5, filter={"year": {"$gte": 2019}})
 
 ``Index.create(path, index_type="compressed", nbits=2)`` gives the PLAID-class engine; an index
-is exact until 250,000 tokens and compressed above by default.
+is exact until 250,000 tokens and compressed above by default. ``ShardedIndex`` (and, on Ray,
+``lir_agent.distributed.RayIndex``) has the same API over shards; ``open_index`` opens either.
 """
 
 from .codec import ResidualCodec
@@ -27,6 +28,7 @@ from .filters import Filter
 from .index import Document, Index, SearchHit
 from .maxsim import maxsim_topk
 from .packed import PackedEmbeddings
+from .sharded import ShardedIndex, open_index
 
 __version__ = "0.1.0"
 
@@ -47,5 +49,7 @@ __all__ = [
     "PackedEmbeddings",
     "ResidualCodec",
     "SearchHit",
+    "ShardedIndex",
     "maxsim_topk",
+    "open_index",
 ]

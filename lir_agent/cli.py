@@ -19,7 +19,7 @@ from .corpus import read_documents
 from .errors import LIRError, NotAnIndexError
 from .eval import DEFAULT_METRICS, evaluate, load_beir
 from .index import Index
-from .sharded import ShardedIndex, is_sharded, reshard
+from .sharded import ShardedIndex, open_index, reshard
 
 ADD_CHUNK = 2048  # documents per write while indexing a collection
 
@@ -63,11 +63,6 @@ def cmd_index(args: argparse.Namespace) -> None:
         index.compact()
     print(f"indexed {added} documents into {args.index} in {time.perf_counter() - start:.1f}s "
           f"({len(index)} documents in all)")
-
-
-def open_index(path: str | Path) -> Index | ShardedIndex:
-    """A single-machine or a sharded index (its shards opened in this process)."""
-    return ShardedIndex.open(path) if is_sharded(path) else Index.open(path)
 
 
 def cmd_search(args: argparse.Namespace) -> None:

@@ -9,7 +9,7 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -107,6 +107,20 @@ def as_documents(documents: Sequence[Document | Mapping[str, Any]]) -> list[Docu
             raise DuplicateIdError(f"id {doc.id!r} appears twice in this call")
         seen.add(doc.id)
     return docs
+
+
+def document_matrices(docs: Sequence[Document], embeddings: Sequence[Any] | None, dim: int,
+                      encoder: Callable[[], Encoder], batch_size: int, show_progress: bool | None) -> list[torch.Tensor]:
+    """The checked token matrices of ``docs``: the given ``embeddings``, or their texts encoded."""
+    if embeddings is not None:
+        if len(embeddings) != len(docs):
+            raise InvalidInputError(f"{len(embeddings)} embedding matrices for {len(docs)} documents")
+        return [check_matrix(m, dim, f"embeddings of {d.id!r}") for m, d in zip(embeddings, docs)]
+    matrices = encoder().encode_documents([d.text for d in docs], batch_size=batch_size, show_progress=show_progress)
+    for doc, matrix in zip(docs, matrices):
+        if matrix.shape[0] == 0:
+            raise InvalidInputError(f"document {doc.id!r} has no tokens left after encoding")
+    return matrices
 
 
 def check_matrix(matrix: Any, dim: int, what: str) -> torch.Tensor:
@@ -442,16 +456,7 @@ class Index:
                 raise DuplicateIdError(
                     f"{len(existing)} id(s) already in the index, e.g. {existing[0]!r} (use upsert to replace)"
                 )
-        if embeddings is not None:
-            if len(embeddings) != len(docs):
-                raise InvalidInputError(f"{len(embeddings)} embedding matrices for {len(docs)} documents")
-            matrices = [check_matrix(m, self.dim, f"embeddings of {d.id!r}") for m, d in zip(embeddings, docs)]
-        else:
-            matrices = self.encoder.encode_documents([d.text for d in docs], batch_size=batch_size,
-                                                     show_progress=show_progress)
-            for doc, matrix in zip(docs, matrices):
-                if matrix.shape[0] == 0:
-                    raise InvalidInputError(f"document {doc.id!r} has no tokens left after encoding")
+        matrices = document_matrices(docs, embeddings, self.dim, lambda: self.encoder, batch_size, show_progress)
         with self._writing() as manifest:
             replaced = [self._where[d.id] for d in docs if d.id in self._where]
             _delete_rows(manifest, replaced)

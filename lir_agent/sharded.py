@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
@@ -32,10 +31,10 @@ from . import storage
 from .codec import ResidualCodec
 from .encoder import Encoder, EncoderSettings
 from .engines import CompressedEngine, ExactEngine
-from .engines.pipeline import FanOut, Ranked, Round, StaleSearchError, run_search
+from .engines.pipeline import Ranked, Round, StaleSearchError, run_search
 from .errors import DocumentNotFoundError, DuplicateIdError, IndexCorruptedError, InvalidInputError, NotAnIndexError
 from .filters import Filter, compile_filter
-from .index import Document, Index, SearchHit, as_documents, check_k, check_matrix, check_encoder
+from .index import Document, Index, SearchHit, as_documents, check_encoder, check_k, check_matrix, document_matrices
 
 SHARDS_FILE = "shards.json"
 FORMAT_NAME = "lir-agent-sharded"
@@ -51,6 +50,11 @@ def shard_of(doc_id: str, num_shards: int) -> int:
 
 def is_sharded(path: str | Path) -> bool:
     return (Path(path) / SHARDS_FILE).exists()
+
+
+def open_index(path: str | Path, device: str = "cpu") -> "Index | ShardedIndex":
+    """A single-machine index, or a sharded one with its shards opened in this process."""
+    return ShardedIndex.open(path, device=device) if is_sharded(path) else Index.open(path, device=device)
 
 
 def read_layout(path: Path) -> dict[str, Any]:
@@ -296,13 +300,7 @@ class ShardedIndex:
             existing = [doc_id for ids in found for doc_id in ids]
             if existing:
                 raise DuplicateIdError(f"{len(existing)} id(s) already in the index, e.g. {existing[0]!r} (use upsert to replace)")
-        if embeddings is not None:
-            if len(embeddings) != len(docs):
-                raise InvalidInputError(f"{len(embeddings)} embedding matrices for {len(docs)} documents")
-            matrices = [check_matrix(m, self.dim, f"embeddings of {d.id!r}") for m, d in zip(embeddings, docs)]
-        else:
-            matrices = self.encoder.encode_documents([d.text for d in docs], batch_size=batch_size,
-                                                     show_progress=show_progress)
+        matrices = document_matrices(docs, embeddings, self.dim, lambda: self.encoder, batch_size, show_progress)
         for shard, positions in sorted(by_shard.items()):
             self.shards.call(shard, "add", [docs[i] for i in positions],
                              embeddings=[matrices[i] for i in positions], upsert=True)
@@ -327,6 +325,7 @@ class ShardedIndex:
         return sum(self.shards.call(s, "delete", by_shard[s], missing_ok=True) for s in sorted(by_shard))
 
     def compact(self) -> None:
+        """Compacts every shard (drops deleted rows, merges segments)."""
         for shard in range(self.num_shards):
             self.shards.call(shard, "compact")
 
@@ -355,7 +354,8 @@ def codec_fingerprint(directory: Path) -> str:
 
 def reshard(source: str | Path, target: str | Path, num_shards: int, show_progress: bool | None = None) -> dict[str, int]:
     """Rewrites an index (single or sharded) into ``num_shards`` shards at ``target``, copying
-    every document with its stored encoding (no re-encoding, no loss). Returns counts."""
+    every document with its stored encoding (no re-encoding, no loss), each shard compacted at
+    the end. Returns counts."""
     source, target = Path(source), Path(target)
     if source.resolve() == target.resolve():
         raise InvalidInputError("reshard writes a new index: the target must differ from the source")
@@ -380,6 +380,8 @@ def reshard(source: str | Path, target: str | Path, num_shards: int, show_progre
             for shard, ids in pending.items():
                 outputs[shard].copy_from(index, ids)
                 bar.update(len(ids))
+    for index in outputs:  # one segment per shard rather than one per copied chunk
+        index.compact()
     written = sum(len(index) for index in outputs)
     if written != total:
         raise IndexCorruptedError(f"resharding wrote {written} documents of {total}")

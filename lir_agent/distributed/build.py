@@ -76,6 +76,7 @@ def build_sharded(documents: Iterable[Any], path: str | Path, num_shards: int, *
             progress.update(len(docs))
         for shard in list(buffers):
             write(shard)
+        index.compact()  # each shard's flushed parts into as few segments as possible
         documents_held = len(index)
     for actor in encoders:
         ray.kill(actor)

@@ -10,7 +10,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, model_validator
 
-from lir_agent import Index
+from lir_agent import open_index
 
 
 class LIRRetriever(BaseRetriever):
@@ -35,7 +35,7 @@ class LIRRetriever(BaseRetriever):
         if self.index is None:
             if self.index_path is None:
                 raise ValueError("LIRRetriever needs index= (an index object) or index_path=")
-            self.index = Index.open(self.index_path)
+            self.index = open_index(self.index_path)
         elif self.index_path is None and getattr(self.index, "path", None) is not None:
             self.index_path = str(self.index.path)
         return self

@@ -93,3 +93,13 @@ def test_callbacks_fire(sample_index_path):
     with pytest.raises(ValueError):
         retriever.invoke("   ", config={"callbacks": [recorder]})
     assert recorder.events[-1][0] == "error" and "empty" in recorder.events[-1][1]
+
+
+def test_a_sharded_index_by_path_answers_like_the_single_one(sample_index_path, tmp_path):
+    from lir_agent.sharded import reshard
+
+    reshard(sample_index_path, tmp_path / "sharded", 3, show_progress=False)
+    single = LIRRetriever(index_path=str(sample_index_path), k=6).invoke(QUERY, filter={"title": {"$ne": "Demon Dice"}})
+    sharded = LIRRetriever(index_path=str(tmp_path / "sharded"), k=6).invoke(QUERY, filter={"title": {"$ne": "Demon Dice"}})
+    assert [d.id for d in sharded] == [d.id for d in single]
+    assert [d.metadata["score"] for d in sharded] == pytest.approx([d.metadata["score"] for d in single], abs=1e-5)

@@ -129,3 +129,13 @@ def test_works_inside_retriever_query_engine(sample_index_path):
     assert [n.node.node_id for n in response.source_nodes][0] == "hotpotqa_train100-p0"
     assert len(response.source_nodes) == 3
     assert "Chaos Progenitus" in str(response)  # MockLLM echoes its prompt, which holds the context
+
+
+def test_a_sharded_index_by_path_answers_like_the_single_one(sample_index_path, tmp_path):
+    from lir_agent.sharded import reshard
+
+    reshard(sample_index_path, tmp_path / "sharded", 3, show_progress=False)
+    single = LIRRetriever(index_path=str(sample_index_path), similarity_top_k=6).retrieve(QUERY)
+    sharded = LIRRetriever(index_path=str(tmp_path / "sharded"), similarity_top_k=6).retrieve(QUERY)
+    assert [n.node.node_id for n in sharded] == [n.node.node_id for n in single]
+    assert [n.score for n in sharded] == pytest.approx([n.score for n in single], abs=1e-5)

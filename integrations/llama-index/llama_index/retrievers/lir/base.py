@@ -11,7 +11,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
 from llama_index.core.vector_stores.types import MetadataFilters
 
 from llama_index.retrievers.lir.filters import to_lir_filter
-from lir_agent import Index
+from lir_agent import open_index
 
 
 class LIRRetriever(BaseRetriever):
@@ -36,7 +36,7 @@ class LIRRetriever(BaseRetriever):
         if index is None:
             if index_path is None:
                 raise ValueError("LIRRetriever needs index= (an index object) or index_path=")
-            index = Index.open(index_path)
+            index = open_index(index_path)
         if similarity_top_k < 1:
             raise ValueError(f"similarity_top_k must be positive, got {similarity_top_k}")
         self.index = index
