@@ -94,7 +94,7 @@ def build_app(path: str, *, token: str | None = None, limits: Limits = Limits(),
     async def request_error(_: Request, exc: RequestError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
-    @serve.deployment(ray_actor_options={"num_cpus": num_cpus})
+    @serve.deployment(ray_actor_options={"num_cpus": num_cpus}, max_ongoing_requests=2 * max_batch_size)
     @serve.ingress(app)
     class SearchService:
         def __init__(self) -> None:
