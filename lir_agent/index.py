@@ -109,6 +109,23 @@ def as_documents(documents: Sequence[Document | Mapping[str, Any]]) -> list[Docu
     return docs
 
 
+def query_matrices(queries: Sequence[Any], dim: int, encoder: Callable[[], Encoder]) -> list[torch.Tensor]:
+    """The checked token matrices of ``queries``: texts encoded (together), matrices checked."""
+    texts = [(i, q) for i, q in enumerate(queries) if isinstance(q, str)]
+    for i, text in texts:
+        if not text.strip():
+            raise InvalidInputError(f"query #{i} is empty or whitespace")
+    matrices: list[torch.Tensor | None] = [None] * len(queries)
+    for i, q in enumerate(queries):
+        if not isinstance(q, str):
+            matrices[i] = check_matrix(q, dim, f"query #{i} embeddings")
+    if texts:
+        encoded = encoder().encode_queries([t for _, t in texts])
+        for (i, _), matrix in zip(texts, encoded):
+            matrices[i] = matrix
+    return matrices
+
+
 def document_matrices(docs: Sequence[Document], embeddings: Sequence[Any] | None, dim: int,
                       encoder: Callable[[], Encoder], batch_size: int, show_progress: bool | None) -> list[torch.Tensor]:
     """The checked token matrices of ``docs``: the given ``embeddings``, or their texts encoded."""
@@ -371,7 +388,7 @@ class Index:
         compile_filter(filter)  # a bad filter fails before any work
         if len(queries) == 0:
             return []
-        prepared = self.prepare_queries(self._query_matrices(queries))
+        prepared = self.prepare_queries(query_matrices(queries, self.dim, lambda: self.encoder))
 
         def fan_out(stage: str, selections: list[list[Ranked]] | None, flags: list[bool] | None) -> list[Round]:
             selection = None if selections is None else selections[0]
@@ -422,21 +439,6 @@ class Index:
         for ranked in round_.ranked:
             ranked.documents = [self._segments[s].documents[row] for s, row in zip(ranked.segments, ranked.rows)]
         return round_
-
-    def _query_matrices(self, queries: Sequence[Any]) -> list[torch.Tensor]:
-        texts = [(i, q) for i, q in enumerate(queries) if isinstance(q, str)]
-        for i, text in texts:
-            if not text.strip():
-                raise InvalidInputError(f"query #{i} is empty or whitespace")
-        matrices: list[torch.Tensor | None] = [None] * len(queries)
-        for i, q in enumerate(queries):
-            if not isinstance(q, str):
-                matrices[i] = check_matrix(q, self.dim, f"query #{i} embeddings")
-        if texts:
-            encoded = self.encoder.encode_queries([t for _, t in texts])
-            for (i, _), matrix in zip(texts, encoded):
-                matrices[i] = matrix
-        return matrices
 
     # ---------------------------------------------------------------- writing
     def add(self, documents: Sequence[Document | Mapping[str, Any]], *,

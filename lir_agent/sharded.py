@@ -34,7 +34,7 @@ from .engines import CompressedEngine, ExactEngine
 from .engines.pipeline import Ranked, Round, StaleSearchError, run_search
 from .errors import DocumentNotFoundError, DuplicateIdError, IndexCorruptedError, InvalidInputError, NotAnIndexError
 from .filters import Filter, compile_filter
-from .index import Document, Index, SearchHit, as_documents, check_encoder, check_k, check_matrix, document_matrices
+from .index import Document, Index, SearchHit, as_documents, check_encoder, check_k, document_matrices, query_matrices
 
 SHARDS_FILE = "shards.json"
 FORMAT_NAME = "lir-agent-sharded"
@@ -231,7 +231,7 @@ class ShardedIndex:
         compile_filter(filter)
         if len(queries) == 0:
             return []
-        prepared = self._share(self._query_matrices(queries))
+        prepared = self._share(query_matrices(queries, self.dim, lambda: self.encoder))
         for attempt in range(SEARCH_ATTEMPTS):
             missing: set[int] = set()
 
@@ -261,18 +261,6 @@ class ShardedIndex:
         """What the shards' search rounds receive for the query matrices: here, prepared once
         for all shards (they share the engine's settings and codec)."""
         return self._engine.prepare_queries(matrices, "cpu")
-
-    def _query_matrices(self, queries: Sequence[Any]) -> list[torch.Tensor]:
-        for i, q in enumerate(queries):
-            if isinstance(q, str) and not q.strip():
-                raise InvalidInputError(f"query #{i} is empty or whitespace")
-        matrices = [None if isinstance(q, str) else check_matrix(q, self.dim, f"query #{i} embeddings")
-                    for i, q in enumerate(queries)]
-        texts = [i for i, q in enumerate(queries) if isinstance(q, str)]
-        if texts:
-            for i, matrix in zip(texts, self.encoder.encode_queries([queries[i] for i in texts])):
-                matrices[i] = matrix
-        return matrices
 
     @property
     def dim(self) -> int:
