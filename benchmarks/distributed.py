@@ -28,7 +28,7 @@ import requests
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine import CACHE, DATA, RESULTS  # noqa: E402
+from engine import CACHE, DATA, LATENCY_REPEATS, RESULTS, batch_qps, timed_searches  # noqa: E402
 
 from lir_agent import Encoder, Index  # noqa: E402
 from lir_agent.distributed import RayIndex, ensure_ray  # noqa: E402
@@ -39,25 +39,9 @@ from lir_agent.sharded import ShardedIndex, reshard  # noqa: E402
 SHARD_COUNTS = (1, 2, 4)
 
 
-def latencies(search, queries, repeats: int = 3) -> list[float]:
-    """Each query's best of ``repeats`` passes (as in engine.py: transient load from elsewhere on
-    this shared machine stays out of the figures)."""
-    search(queries[0])  # warm-up
-    seconds = [float("inf")] * len(queries)
-    for _ in range(repeats):
-        for i, query in enumerate(queries):
-            start = time.perf_counter()
-            search(query)
-            seconds[i] = min(seconds[i], time.perf_counter() - start)
-    return seconds
-
-
-def batch_qps(search_batch, queries) -> float:
-    search_batch(queries[:32])
-    start = time.perf_counter()
-    for i in range(0, len(queries), 32):
-        search_batch(queries[i : i + 32])
-    return len(queries) / (time.perf_counter() - start)
+def latencies(index, queries) -> list[float]:
+    """Each query's best of LATENCY_REPEATS passes (engine.py's timing, so both benchmarks measure alike)."""
+    return timed_searches(index, queries, repeats=LATENCY_REPEATS)[1]
 
 
 def summary(seconds: list[float]) -> dict[str, float]:
@@ -101,8 +85,8 @@ def main() -> None:
     queries = Encoder.from_pretrained(device="cpu").encode_queries(texts)
     results: dict = {"machine": {"threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
                      "documents": len(local), "queries": len(queries)}
-    local_seconds = latencies(lambda q: local.search(q, k=10), queries[:100])
-    results["local"] = summary(local_seconds) | {"qps_batch32": batch_qps(lambda b: local.search_batch(b, k=10), queries)}
+    local_seconds = latencies(local, queries[:100])
+    results["local"] = summary(local_seconds) | {"qps_batch32": batch_qps(local, queries)}
     print(f"local 2-bit: p50 {results['local']['p50_ms']:.1f} ms, p95 {results['local']['p95_ms']:.1f} ms, "
           f"QPS@32 {results['local']['qps_batch32']:.1f}", flush=True)
 
@@ -113,12 +97,12 @@ def main() -> None:
         shutil.rmtree(path, ignore_errors=True)
         reshard(local_path, path, count, show_progress=False)
         in_process = ShardedIndex.open(path)
-        in_process_p50 = summary(latencies(lambda q: in_process.search(q, k=10), queries[:100]))["p50_ms"]
+        in_process_p50 = summary(latencies(in_process, queries[:100]))["p50_ms"]
         with RayIndex.open(path, num_cpus_per_shard=2 / count) as index:
             expected = [[h.id for h in local.search(q, k=10)] for q in queries[:30]]
             assert [[h.id for h in index.search(q, k=10)] for q in queries[:30]] == expected, "results differ"
-            row = {"shards": count, **summary(latencies(lambda q: index.search(q, k=10), queries[:100])),
-                   "qps_batch32": batch_qps(lambda b: index.search_batch(b, k=10), queries)}
+            row = {"shards": count, **summary(latencies(index, queries[:100])),
+                   "qps_batch32": batch_qps(index, queries)}
         row["overhead_p50_ms"] = row["p50_ms"] - results["local"]["p50_ms"]
         row["in_process_p50_ms"] = in_process_p50
         row["ray_cost_p50_ms"] = row["p50_ms"] - in_process_p50
