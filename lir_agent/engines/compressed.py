@@ -128,8 +128,7 @@ class CompressedSegment:
         return self.codec.decode(self.codes[a:b], residuals, device=self.device).cpu().to(torch.float16)
 
     # -------------------------------------------------------------- the three stages
-    def probe(self, centroid_scores: torch.Tensor, eligible: torch.Tensor | None,
-              nprobe: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def probe(self, centroid_scores: torch.Tensor, nprobe: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage 1: approximate score of every document, and which documents were probed.
 
         Per query token, a document's score is the best score among the probed centroids it has
@@ -213,7 +212,7 @@ class CompressedEngine:
         def one(q: int) -> tuple[Ranked, int]:
             parts, probed_count = [], 0
             for segment, (store, allowed) in enumerate(zip(stores, eligible)):
-                totals, probed = store.probe(queries.centroid_scores[q].to(store.device), allowed, params.nprobe)
+                totals, probed = store.probe(queries.centroid_scores[q].to(store.device), params.nprobe)
                 keep = probed if allowed is None else probed & allowed
                 probed_count += int(keep.sum())
                 if take_all is not None and take_all[q]:
