@@ -431,6 +431,8 @@ class Index:
             if len(part) and (part.segments.max() >= len(stores) or
                               (part.rows >= np.asarray([s.entry["num_docs"] for s in self._segments])[part.segments]).any()):
                 raise StaleSearchError(f"{self.path} changed during the search")
+        if stage == "interaction":
+            return Round(generation, self._engine.interaction_round(stores, prepared, selection))
         if stage != "rerank":
             raise InvalidInputError(f"unknown search round {stage!r}")
         return self._with_documents(Round(generation, self._engine.rerank_round(stores, prepared, selection, k)))

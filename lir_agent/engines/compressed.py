@@ -204,9 +204,8 @@ class CompressedEngine:
     # -------------------------------------------------------------- search rounds (see pipeline)
     def probe_round(self, stores: list[CompressedSegment], masks: list[np.ndarray | None], queries: QueryBatch,
                     params: SearchParams, take_all: list[bool] | None) -> tuple[list[Ranked], list[int]]:
-        """Stages 1 and 2 per query: the best ``candidates`` documents by approximate score with
-        their centroid-interaction scores, and how many matching documents were probed
-        (``take_all[q]``: every matching document is a candidate)."""
+        """Stage 1 per query: the best ``candidates`` documents by approximate score, and how
+        many matching documents were probed (``take_all[q]``: every matching document is a candidate)."""
         eligible = [None if m is None else torch.from_numpy(m).to(s.device) for s, m in zip(stores, masks)]
 
         def one(q: int) -> tuple[Ranked, int]:
@@ -219,13 +218,16 @@ class CompressedEngine:
                     keep = torch.ones_like(probed) if allowed is None else allowed
                 docs = torch.nonzero(keep).squeeze(1)
                 parts.append(Ranked(totals[docs].cpu().numpy(), np.full(len(docs), segment), docs.cpu().numpy()))
-            candidates = concatenate(parts).best(params.candidates)
-            candidates.interaction = _score_selection(candidates, stores, lambda store, docs: store.interaction(
-                queries.centroid_scores[q].to(store.device), docs)).scores
-            return candidates, probed_count
+            return concatenate(parts).best(params.candidates), probed_count
 
         results = _per_query(one, len(queries.vectors), stores)
         return [ranked for ranked, _ in results], [count for _, count in results]
+
+    def interaction_round(self, stores: list[CompressedSegment], queries: QueryBatch,
+                          selections: list[Ranked]) -> list[Ranked]:
+        """Stage 2 per query: the selected documents scored by centroid interaction."""
+        return _per_query(lambda q: _score_selection(selections[q], stores, lambda store, docs: store.interaction(
+            queries.centroid_scores[q].to(store.device), docs)), len(queries.vectors), stores)
 
     def rerank_round(self, stores: list[CompressedSegment], queries: QueryBatch, selections: list[Ranked],
                      k: int) -> list[Ranked]:

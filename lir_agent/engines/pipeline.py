@@ -4,17 +4,18 @@ An index answers a search in rounds; each round runs on every shard (a single in
 shard) and the coordinator merges the shards' answers before the next:
 
 * exact engine: one round, ``"exact"``: each shard's top k; the merge keeps the best k.
-* compressed engine (see :mod:`lir_agent.engines.compressed`): ``"probe"``: each shard's best
-  ``candidates`` by approximate score, with their centroid-interaction scores → merge to the
-  best ``candidates`` by approximate score over all shards, then of those the best ``rerank``
-  by interaction → ``"rerank"``: exact MaxSim on the decompressed tokens of the survivors, each
+* compressed engine (see :mod:`lir_agent.engines.compressed`), one round per stage:
+  ``"probe"``: each shard's best ``candidates`` by approximate score → merge to the best
+  ``candidates`` over all shards → ``"interaction"``: their centroid-interaction scores → merge
+  to the best ``rerank`` → ``"rerank"``: exact MaxSim on the decompressed tokens of those, each
   shard's best k → merge to k.
 
 Because every cut is made over all shards together, a sharded index returns exactly what one
 index holding the same documents (and the same codec) returns: a document among the best
-``candidates`` of all shards is among the best ``candidates`` of its own shard. A shard
-answers a round with a :class:`Ranked` per query; the last round attaches its hits' documents,
-so no further round trip is needed.
+``candidates`` of all shards is among the best ``candidates`` of its own shard. Each stage
+scores only what the global cut before it kept, so N shards do the work of one index plus N
+probes. A shard answers a round with a :class:`Ranked` per query; the last round attaches its
+hits' documents, so no further round trip is needed.
 """
 
 from __future__ import annotations
@@ -36,19 +37,17 @@ class Ranked:
     segments: np.ndarray  # int64
     rows: np.ndarray  # int64
     documents: list[Any] | None = None  # set by the last round of a search
-    interaction: np.ndarray | None = None  # centroid-interaction scores (probe round)
 
     @classmethod
     def empty(cls) -> "Ranked":
-        return cls(np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), [], np.zeros(0, np.float32))
+        return cls(np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), [])
 
     def __len__(self) -> int:
         return len(self.scores)
 
     def take(self, positions: np.ndarray) -> "Ranked":
         documents = None if self.documents is None else [self.documents[i] for i in positions]
-        interaction = None if self.interaction is None else self.interaction[positions]
-        return Ranked(self.scores[positions], self.segments[positions], self.rows[positions], documents, interaction)
+        return Ranked(self.scores[positions], self.segments[positions], self.rows[positions], documents)
 
     def best(self, count: int) -> "Ranked":
         """The ``count`` highest-scoring entries, best first (ties: lower position first)."""
@@ -79,11 +78,9 @@ class StaleSearchError(LIRError):
     """A shard changed between the rounds of one search (the search is retried)."""
 
 
-def merge(parts: Sequence[Ranked], count: int, by_interaction: bool = False) -> list[Ranked]:
-    """The ``count`` best entries over all shards' ``parts`` (by score, or by interaction
-    score), returned per shard."""
-    scores = (np.concatenate([p.interaction if by_interaction else p.scores for p in parts]) if parts
-              else np.zeros(0, np.float32))
+def merge(parts: Sequence[Ranked], count: int) -> list[Ranked]:
+    """The ``count`` best entries over all shards' ``parts``, returned per shard."""
+    scores = np.concatenate([p.scores for p in parts]) if parts else np.zeros(0, np.float32)
     shard_of = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)]) if parts else np.zeros(0, int)
     position = np.concatenate([np.arange(len(p)) for p in parts]) if parts else np.zeros(0, int)
     keep = np.argsort(-scores, kind="stable")[:count]
@@ -112,11 +109,11 @@ def run_search(kind: str, fan_out: FanOut, num_queries: int, k: int, params: Any
             _check_generation(retry, generation)
             rounds = [Round(a.generation, [b.ranked[q] if too_few[q] else a.ranked[q] for q in range(num_queries)])
                       for a, b in zip(rounds, retry)]
-        selected = [merge(parts, params.candidates) for parts in _per_query(rounds, num_queries)]
-        selected = [merge(parts, params.rerank, by_interaction=True) for parts in selected]
-        reranked = fan_out("rerank", _per_shard(selected, len(rounds)), None)
-        _check_generation(reranked, generation)
-        final = _per_query(reranked, num_queries)
+        for stage, cut in (("interaction", params.candidates), ("rerank", params.rerank)):
+            selected = [merge(parts, cut) for parts in _per_query(rounds, num_queries)]
+            rounds = fan_out(stage, _per_shard(selected, len(rounds)), None)
+            _check_generation(rounds, generation)
+        final = _per_query(rounds, num_queries)
     results = []
     for parts in final:
         best = merge(parts, k)
