@@ -390,11 +390,12 @@ class Index:
             return []
         prepared = self.prepare_queries(query_matrices(queries, self.dim, lambda: self.encoder))
 
-        def fan_out(stage: str, selections: list[list[Ranked]] | None, flags: list[bool] | None) -> list[Round]:
+        def fan_out(stage: str, round_params: Any, selections: list[list[Ranked]] | None,
+                    flags: list[bool] | None) -> list[Round]:
             selection = None if selections is None else selections[0]
-            return [self.search_round(stage, prepared, k, params, filter, selection, flags)]
+            return [self.search_round(stage, prepared, k, round_params, filter, selection, flags)]
 
-        ranked = run_search(self._engine.kind, fan_out, len(queries), k, params)
+        ranked = run_search(self._engine.kind, fan_out, len(queries), 1, k, params)
         return [[SearchHit(doc.id, score, rank, doc.text, dict(doc.metadata))
                  for rank, (score, _, doc) in enumerate(hits, start=1)]
                 for hits in ranked]

@@ -235,8 +235,9 @@ class ShardedIndex:
         for attempt in range(SEARCH_ATTEMPTS):
             missing: set[int] = set()
 
-            def fan_out(stage: str, selections: list[list[Ranked]] | None, flags: list[bool] | None) -> list[Round]:
-                args = [(stage, prepared, k, params, filter, None if selections is None else selections[s], flags)
+            def fan_out(stage: str, round_params: Any, selections: list[list[Ranked]] | None,
+                        flags: list[bool] | None) -> list[Round]:
+                args = [(stage, prepared, k, round_params, filter, None if selections is None else selections[s], flags)
                         for s in range(self.num_shards)]
                 rounds = self.shards.fan_out("search_round", args, allow_partial=allow_partial)
                 missing.update(s for s, r in enumerate(rounds) if r is None)
@@ -244,7 +245,7 @@ class ShardedIndex:
                         for s, r in enumerate(rounds)]
 
             try:
-                ranked = run_search(self._engine.kind, fan_out, len(queries), k, params)
+                ranked = run_search(self._engine.kind, fan_out, len(queries), self.num_shards, k, params)
                 break
             except StaleSearchError:
                 if attempt == SEARCH_ATTEMPTS - 1:

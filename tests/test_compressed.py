@@ -8,6 +8,7 @@ import torch
 import lir_agent.index as index_module
 from lir_agent import Index, InvalidInputError
 from lir_agent.codec import ResidualCodec
+from lir_agent.engines import CompressedEngine
 
 from helpers import DIM, clustered, queries_for
 
@@ -204,3 +205,17 @@ def test_optimize_keeps_the_projection(tmp_path, encoder):
     assert reopened.get_embeddings(docs[0]["id"]).shape == (matrices[0].shape[0], 96)
     after = [h.id for h in reopened.search(query, k=5)]
     assert len(set(before) & set(after)) >= 4
+
+
+def test_prepared_queries_are_reused_only_for_the_same_matrices(corpus):
+    """Every round of a sharded search re-sends the queries; the engine keeps their preparation,
+    keyed by content and shape (the same values split into other queries are other queries)."""
+    _, matrices, _ = corpus
+    engine = CompressedEngine(ResidualCodec.fit(torch.cat(matrices[:200]), nbits=2, num_centroids=32))
+    values = torch.nn.functional.normalize(torch.randn(6, DIM), dim=1)
+    first = engine.prepare_queries([values[:2], values[2:]], "cpu")
+    assert engine.prepare_queries([values[:2].clone(), values[2:].clone()], "cpu") is first
+    other = engine.prepare_queries([values[:3], values[3:]], "cpu")
+    assert [v.shape[0] for v in other.vectors] == [3, 3]
+    for vectors, scores in zip(other.vectors, other.centroid_scores):
+        torch.testing.assert_close(scores, vectors @ engine.codec.centroids.T)

@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from lir_agent import DocumentNotFoundError, DuplicateIdError, Index, InvalidInputError, NotAnIndexError, ResidualCodec
+from lir_agent.engines import pipeline
 from lir_agent.sharded import ShardedIndex, reshard, shard_of
 
 from helpers import clustered, queries_for
 
+DEFAULT_SIGMAS = pipeline.SPECULATION_SIGMAS
 FILTERS = [None, {"group": {"$in": [1, 2]}}, {"group": 3, "batch": 1}, {"group": 99}]
 
 
@@ -66,6 +68,28 @@ def test_sharded_search_equals_one_index(tmp_path, encoder, corpus, codec, kind)
         settings = {"nprobe": 2, "candidates": 40, "rerank": 20}
         for e, g in zip(single.search_batch(queries, k=10, **settings), sharded.search_batch(queries, k=10, **settings)):
             assert [h.id for h in g] == [h.id for h in e]
+
+
+
+@pytest.mark.parametrize("sigmas", [-3.0, 0.0, DEFAULT_SIGMAS])
+def test_candidates_the_probe_round_left_unscored_get_their_own_round(tmp_path, encoder, corpus, codec,
+                                                                      monkeypatch, sigmas):
+    """Shards score only part of their candidates by interaction in the probe round; whatever
+    the global cut keeps beyond that is scored in an extra round, and the results do not change.
+    With the default margin the extra round is not needed here."""
+    single, sharded = build_pair(tmp_path, encoder, corpus, codec, num_shards=3)
+    monkeypatch.setattr(pipeline, "SPECULATION_SIGMAS", sigmas)
+    stages = []
+    fan_out = sharded.shards.fan_out
+    monkeypatch.setattr(sharded.shards, "fan_out", lambda method, args, allow_partial=False: (
+        stages.append(args[0][0]), fan_out(method, args, allow_partial))[1])
+    queries = queries_for(corpus[2], 12, seed=6)
+    for flt in FILTERS[:3]:
+        for k in (1, 10):
+            for e, g in zip(single.search_batch(queries, k=k, filter=flt), sharded.search_batch(queries, k=k, filter=flt)):
+                assert [h.id for h in g] == [h.id for h in e]
+                np.testing.assert_allclose([h.score for h in g], [h.score for h in e], rtol=0, atol=1e-5)
+    assert ("interaction" in stages) == (sigmas != DEFAULT_SIGMAS)
 
 
 def test_writes_go_to_the_owning_shard(tmp_path, encoder, corpus):

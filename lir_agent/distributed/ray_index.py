@@ -99,6 +99,10 @@ class RayShards:
         shards = range(len(per_shard_args))
         first = {s: next(self._turn[s]) % self.num_replicas for s in shards}
         pending = {s: self.replicas[s][first[s]].call.remote(method, *per_shard_args[s]) for s in shards}
+        try:
+            return ray.get(list(pending.values()), timeout=self.call_timeout_s)  # the usual case: one wait
+        except ACTOR_FAILURES:
+            pass  # find the failed shards one by one
         results = []
         for s in shards:
             try:

@@ -29,7 +29,10 @@ rounds of :mod:`lir_agent.engines.pipeline`.
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import zlib
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
@@ -47,15 +50,19 @@ from .pipeline import Ranked, concatenate
 MAX_SEGMENT_DOCS = 2**16
 RERANK_CHUNK_TOKENS = 2048  # decoded vectors per step of the rerank (stays in cache)
 TIEBREAK_SCALE = 1e-4  # largest id-derived offset added to approximate scores
+PREPARED_KEPT = 8  # recently prepared query batches kept (every round of a search brings the same queries)
 
 
 @dataclass(frozen=True)
 class SearchParams:
-    """Knobs of the compressed search; :meth:`for_k` gives the defaults for a given k."""
+    """Knobs of the compressed search; :meth:`for_k` gives the defaults for a given k.
+    ``probe_scored`` is set by the coordinator (see :mod:`~lir_agent.engines.pipeline`): how
+    many of its best candidates the probe round scores by interaction (None: all)."""
 
     nprobe: int
     candidates: int
     rerank: int
+    probe_scored: int | None = None
 
     @classmethod
     def for_k(cls, k: int) -> "SearchParams":
@@ -172,6 +179,8 @@ class CompressedEngine:
 
     def __init__(self, codec: ResidualCodec):
         self.codec = codec
+        self._prepared: OrderedDict[tuple, QueryBatch] = OrderedDict()
+        self._prepared_lock = threading.Lock()
 
     def schema(self) -> ArraySchema:
         return self.codec.schema()
@@ -204,8 +213,10 @@ class CompressedEngine:
     # -------------------------------------------------------------- search rounds (see pipeline)
     def probe_round(self, stores: list[CompressedSegment], masks: list[np.ndarray | None], queries: QueryBatch,
                     params: SearchParams, take_all: list[bool] | None) -> tuple[list[Ranked], list[int]]:
-        """Stage 1 per query: the best ``candidates`` documents by approximate score, and how
-        many matching documents were probed (``take_all[q]``: every matching document is a candidate)."""
+        """Stage 1 per query: the best ``candidates`` documents by approximate score, the first
+        ``probe_scored`` of them (or all) with their centroid-interaction scores (stage 2; NaN
+        for the rest), and how many matching documents were probed (``take_all[q]``: every
+        matching document is a candidate)."""
         eligible = [None if m is None else torch.from_numpy(m).to(s.device) for s, m in zip(stores, masks)]
 
         def one(q: int) -> tuple[Ranked, int]:
@@ -218,16 +229,20 @@ class CompressedEngine:
                     keep = torch.ones_like(probed) if allowed is None else allowed
                 docs = torch.nonzero(keep).squeeze(1)
                 parts.append(Ranked(totals[docs].cpu().numpy(), np.full(len(docs), segment), docs.cpu().numpy()))
-            return concatenate(parts).best(params.candidates), probed_count
+            candidates = concatenate(parts).best(params.candidates)
+            scored = candidates.take(np.arange(min(len(candidates), params.probe_scored or len(candidates))))
+            candidates.interaction = np.full(len(candidates), np.nan, dtype=np.float32)
+            candidates.interaction[: len(scored)] = _interaction(stores, queries.centroid_scores[q], scored).scores
+            return candidates, probed_count
 
         results = _per_query(one, len(queries.vectors), stores)
         return [ranked for ranked, _ in results], [count for _, count in results]
 
     def interaction_round(self, stores: list[CompressedSegment], queries: QueryBatch,
                           selections: list[Ranked]) -> list[Ranked]:
-        """Stage 2 per query: the selected documents scored by centroid interaction."""
-        return _per_query(lambda q: _score_selection(selections[q], stores, lambda store, docs: store.interaction(
-            queries.centroid_scores[q].to(store.device), docs)), len(queries.vectors), stores)
+        """Stage 2 per query for the selected candidates the probe round left unscored."""
+        return _per_query(lambda q: _interaction(stores, queries.centroid_scores[q], selections[q]),
+                          len(queries.vectors), stores)
 
     def rerank_round(self, stores: list[CompressedSegment], queries: QueryBatch, selections: list[Ranked],
                      k: int) -> list[Ranked]:
@@ -237,13 +252,29 @@ class CompressedEngine:
             len(queries.vectors), stores)
 
     def prepare_queries(self, matrices: list[torch.Tensor], device: str) -> QueryBatch:
-        vectors = [self.codec.project(m.float()) for m in matrices]
+        """The queries projected and scored against every centroid. A shard receives the same
+        query matrices in each round of a search, so the last few batches are kept."""
+        matrices = [m.float().cpu().contiguous() for m in matrices]
+        digest = hashlib.blake2b(digest_size=16)
+        for m in matrices:
+            digest.update(m.numpy().tobytes())
+        key = (device, tuple(tuple(m.shape) for m in matrices), digest.digest())
+        with self._prepared_lock:
+            if key in self._prepared:
+                self._prepared.move_to_end(key)
+                return self._prepared[key]
+        vectors = [self.codec.project(m) for m in matrices]
         centroids = self.codec.centroids.to(device)
-        return QueryBatch(vectors, [v.to(device) @ centroids.T for v in vectors])
+        prepared = QueryBatch(vectors, [v.to(device) @ centroids.T for v in vectors])
+        with self._prepared_lock:
+            self._prepared[key] = prepared
+            while len(self._prepared) > PREPARED_KEPT:
+                self._prepared.popitem(last=False)
+        return prepared
 
     def search_params(self, k: int, overrides: dict[str, Any]) -> SearchParams:
         params = SearchParams.for_k(k)
-        unknown = set(overrides) - set(params.__dataclass_fields__)
+        unknown = set(overrides) - {"nprobe", "candidates", "rerank"}
         if unknown:
             raise InvalidInputError(f"unknown search settings {sorted(unknown)} (use nprobe, candidates, rerank)")
         for name, value in overrides.items():
@@ -251,6 +282,10 @@ class CompressedEngine:
                 raise InvalidInputError(f"search setting {name} must be a positive integer, got {value!r}")
         params = replace(params, **overrides)
         return replace(params, rerank=max(params.rerank, k), candidates=max(params.candidates, params.rerank, k))
+
+
+def _interaction(stores: list[CompressedSegment], centroid_scores: torch.Tensor, selection: Ranked) -> Ranked:
+    return _score_selection(selection, stores, lambda store, docs: store.interaction(centroid_scores.to(store.device), docs))
 
 
 def _score_selection(selection: Ranked, stores: list[CompressedSegment], score: Any) -> Ranked:
