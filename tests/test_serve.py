@@ -2,8 +2,13 @@
 request batching, and 4xx (never 500) answers to bad requests."""
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 
 import pytest
 import requests
@@ -12,7 +17,7 @@ serve = pytest.importorskip("ray.serve")
 
 from lir_agent import Index  # noqa: E402
 from lir_agent.distributed import serve as lir_serve  # noqa: E402
-from lir_agent.sharded import ShardedIndex  # noqa: E402
+from lir_agent.sharded import ShardedIndex, reshard  # noqa: E402
 
 from helpers import clustered  # noqa: E402
 
@@ -111,3 +116,43 @@ def test_bearer_token_and_other_endpoints(service):
     info = requests.get(url + "/info", headers=auth, timeout=30).json()
     assert info["documents"] == len(single) and info["num_shards"] == 2 and info["limits"]["max_k"] == 100
     assert requests.get(url + "/nowhere", headers=auth, timeout=30).status_code == 404
+
+
+def test_the_serve_command_starts_a_working_service(tmp_path, sample_index_path):
+    """``lir-agent serve`` in its own process, on its own local Ray: options and the token from
+    the environment reach the service, and it answers like the index it serves. Stopped with
+    Ctrl-C, as a user would."""
+    sharded = tmp_path / "sharded"
+    reshard(sample_index_path, sharded, 2, show_progress=False)
+    port = free_port()
+    env = {name: value for name, value in os.environ.items() if name != "RAY_ADDRESS"} | {"LIR_AGENT_TOKEN": TOKEN}
+    process = subprocess.Popen([sys.executable, "-m", "lir_agent.cli", "serve", str(sharded), "--port", str(port),
+                                "--max-k", "5", "--num-cpus-per-shard", "0.25"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, process.stdout.read()
+            try:
+                if requests.get(url + "/health", headers=auth, timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "the service did not come up"
+            time.sleep(1)
+        question = "Which magazine was started first, Arthur's Magazine or First for Women?"
+        expected = ShardedIndex.open(sharded).search(question, k=5)
+        hits = post(url, {"query": question, "k": 5}).json()["hits"]
+        assert [h["id"] for h in hits] == [h.id for h in expected]
+        assert [h["score"] for h in hits] == pytest.approx([h.score for h in expected], abs=1e-4)
+        assert post(url, {"query": question, "k": 6}).status_code == 422  # --max-k
+        assert post(url, {"query": question}, token=None).status_code == 401  # $LIR_AGENT_TOKEN
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
