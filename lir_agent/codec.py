@@ -27,6 +27,10 @@ import torch
 from .kmeans import assign, kmeans, num_centroids_for
 
 NBITS = (1, 2, 4, 16)
+ROW_TYPES = {2: torch.int16, 4: torch.int32, 8: torch.float64, 16: torch.complex128}  # one element per table row
+# Residual products run in bfloat16 on CPUs that compute it natively (about 1.5x faster reranking;
+# the bfloat16 rounding of q·r, a small term, moves scores by ~1e-3); float32 elsewhere.
+NATIVE_CPU_BF16 = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
 SAMPLE_PER_CENTROID = 32
 MIN_SAMPLE = 100_000
 
@@ -156,30 +160,32 @@ class ResidualCodec:
         ``(q·c + q·r) · scale`` (``centroid_scores``: the query against every centroid)."""
         if self.nbits == 16:
             return query @ residuals.float().T
-        raw = torch.addmm(centroid_scores.index_select(1, codes.long()), query, self._dequantize(residuals, query.device).T)
-        return raw.mul_(scales.float())
+        dtype = torch.bfloat16 if query.device.type == "cpu" and NATIVE_CPU_BF16 else torch.float32
+        residual_scores = (query.to(dtype) @ self._dequantize(residuals, query.device, dtype).T).float()
+        return residual_scores.add_(centroid_scores.index_select(1, codes.long())).mul_(scales.float())
 
-    def _dequantize(self, residuals: torch.Tensor, device: str | torch.device) -> torch.Tensor:
-        """(n, dim) float32 residual values of packed residuals: one table row per byte.
+    def _dequantize(self, residuals: torch.Tensor, device: str | torch.device,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(n, dim) residual values (float32 or bfloat16) of packed residuals: one table row per byte.
 
-        A row holds ``8 / nbits`` float32 values; where that is 8 or 16 bytes the table is
-        viewed as one float64 / complex128 element per row, which gathers several times faster.
+        A row holds ``8 / nbits`` values; where they fill 2 to 16 bytes the row is viewed as one
+        element of that size (a float64 for 8 bytes, ...), which gathers several times faster.
         """
-        table = self._lookup_table(device)  # (bytes per token · 256, dims per byte)
+        table = self._lookup_table(device, dtype)  # a row per (byte position, byte value)
         index = torch.add(self._byte_base(device), residuals)  # int32: row of each (token, byte)
         values = table.index_select(0, index.view(-1))
-        return values.view(torch.float32).view(residuals.shape[0], self.dim)
+        return values.view(dtype).view(residuals.shape[0], self.dim)
 
-    def _lookup_table(self, device: str | torch.device) -> torch.Tensor:
+    def _lookup_table(self, device: str | torch.device, dtype: torch.dtype) -> torch.Tensor:
         """Row ``byte_position · 256 + byte_value`` holds the residual values of that byte's dimensions."""
-        key = ("table", str(device))
+        key = ("table", str(device), dtype)
         if key not in self._cache:
             per_byte = 8 // self.nbits
             shifts = torch.arange(per_byte - 1, -1, -1) * self.nbits
             buckets = (torch.arange(256)[:, None] >> shifts[None, :]) & (2**self.nbits - 1)  # (256, per_byte)
             weights = self.weights.reshape(self.dim // per_byte, per_byte, 2**self.nbits)
-            table = weights[:, torch.arange(per_byte)[None, :], buckets].reshape(-1, per_byte).contiguous()
-            row_type = {2: torch.float64, 4: torch.complex128}.get(per_byte)
+            table = weights[:, torch.arange(per_byte)[None, :], buckets].reshape(-1, per_byte).to(dtype).contiguous()
+            row_type = ROW_TYPES.get(per_byte * dtype.itemsize)
             self._cache[key] = (table.view(row_type).view(-1) if row_type else table).to(device)
         return self._cache[key]
 

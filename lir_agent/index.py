@@ -390,8 +390,10 @@ class Index:
             return []
         prepared = self.prepare_queries(query_matrices(queries, self.dim, lambda: self.encoder))
 
-        def fan_out(stage: str, round_params: Any, selections: list[list[Ranked]] | None,
-                    flags: list[bool] | None) -> list[Round]:
+        def fan_out(stage: str, round_params: Any, selections: list[list[Ranked] | None] | None,
+                    flags: list[bool] | None) -> list[Round | None]:
+            if selections is not None and selections[0] is None:
+                return [None]
             selection = None if selections is None else selections[0]
             return [self.search_round(stage, prepared, k, round_params, filter, selection, flags)]
 
@@ -427,11 +429,18 @@ class Index:
             if stage == "exact":
                 return self._with_documents(Round(generation, self._engine.exact_round(stores, masks, prepared, k)))
             ranked, probed = self._engine.probe_round(stores, masks, prepared, params, flags)
+            for part in ranked:  # the documents of the shard's best k by exact score go with them
+                best = np.argsort(-np.nan_to_num(part.exact, nan=-np.inf), kind="stable")[:k]
+                part.documents = [None] * len(part)
+                for i in best[~np.isnan(part.exact[best])]:
+                    part.documents[i] = self._segments[part.segments[i]].documents[part.rows[i]]
             return Round(generation, ranked, probed)
         for part in selection:
             if len(part) and (part.segments.max() >= len(stores) or
                               (part.rows >= np.asarray([s.entry["num_docs"] for s in self._segments])[part.segments]).any()):
                 raise StaleSearchError(f"{self.path} changed during the search")
+        if stage == "documents":
+            return self._with_documents(Round(generation, selection))
         if stage == "interaction":
             return Round(generation, self._engine.interaction_round(stores, prepared, selection))
         if stage != "rerank":

@@ -112,9 +112,11 @@ class ShardSet(Protocol):
     def call(self, shard: int, method: str, *args: Any, **kwargs: Any) -> Any:
         """Calls an Index method on one shard (writes go to its primary copy)."""
 
-    def fan_out(self, method: str, per_shard_args: Sequence[tuple], allow_partial: bool = False) -> list[Any]:
-        """Calls an Index method on every shard at once, ``per_shard_args[shard]`` its arguments; with
-        ``allow_partial`` an unreachable shard's answer is None instead of an error."""
+    def fan_out(self, method: str, per_shard_args: Sequence[tuple], shards: Sequence[int] | None = None,
+                allow_partial: bool = False) -> list[Any]:
+        """Calls an Index method on every shard (or on ``shards``) at once, ``per_shard_args[i]``
+        the arguments of the i-th; with ``allow_partial`` an unreachable shard's answer is None
+        instead of an error."""
 
 
 class LocalShards:
@@ -126,8 +128,10 @@ class LocalShards:
     def call(self, shard: int, method: str, *args: Any, **kwargs: Any) -> Any:
         return getattr(self.indexes[shard], method)(*args, **kwargs)
 
-    def fan_out(self, method: str, per_shard_args: Sequence[tuple], allow_partial: bool = False) -> list[Any]:
-        return [getattr(index, method)(*args) for index, args in zip(self.indexes, per_shard_args)]
+    def fan_out(self, method: str, per_shard_args: Sequence[tuple], shards: Sequence[int] | None = None,
+                allow_partial: bool = False) -> list[Any]:
+        shards = range(self.num_shards) if shards is None else shards
+        return [getattr(self.indexes[s], method)(*args) for s, args in zip(shards, per_shard_args)]
 
 
 class HitList(list):
@@ -235,14 +239,16 @@ class ShardedIndex:
         for attempt in range(SEARCH_ATTEMPTS):
             missing: set[int] = set()
 
-            def fan_out(stage: str, round_params: Any, selections: list[list[Ranked]] | None,
-                        flags: list[bool] | None) -> list[Round]:
+            def fan_out(stage: str, round_params: Any, selections: list[list[Ranked] | None] | None,
+                        flags: list[bool] | None) -> list[Round | None]:
+                asked = [s for s in range(self.num_shards) if selections is None or selections[s] is not None]
                 args = [(stage, prepared, k, round_params, filter, None if selections is None else selections[s], flags)
+                        for s in asked]
+                answers = dict(zip(asked, self.shards.fan_out("search_round", args, shards=asked,
+                                                              allow_partial=allow_partial)))
+                missing.update(s for s, r in answers.items() if r is None)
+                return [None if s not in answers else _empty_round(len(queries)) if s in missing else answers[s]
                         for s in range(self.num_shards)]
-                rounds = self.shards.fan_out("search_round", args, allow_partial=allow_partial)
-                missing.update(s for s, r in enumerate(rounds) if r is None)
-                return [r if r is not None and s not in missing else _empty_round(len(queries))
-                        for s, r in enumerate(rounds)]
 
             try:
                 ranked = run_search(self._engine.kind, fan_out, len(queries), self.num_shards, k, params)

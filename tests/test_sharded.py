@@ -15,6 +15,7 @@ from lir_agent.sharded import ShardedIndex, reshard, shard_of
 from helpers import clustered, queries_for
 
 DEFAULT_SIGMAS = pipeline.SPECULATION_SIGMAS
+DEFAULT_RERANK_SIGMAS = pipeline.RERANK_SPECULATION_SIGMAS
 FILTERS = [None, {"group": {"$in": [1, 2]}}, {"group": 3, "batch": 1}, {"group": 99}]
 
 
@@ -71,25 +72,42 @@ def test_sharded_search_equals_one_index(tmp_path, encoder, corpus, codec, kind)
 
 
 
-@pytest.mark.parametrize("sigmas", [-3.0, 0.0, DEFAULT_SIGMAS])
-def test_candidates_the_probe_round_left_unscored_get_their_own_round(tmp_path, encoder, corpus, codec,
-                                                                      monkeypatch, sigmas):
-    """Shards score only part of their candidates by interaction in the probe round; whatever
-    the global cut keeps beyond that is scored in an extra round, and the results do not change.
-    With the default margin the extra round is not needed here."""
+@pytest.mark.parametrize("sigmas, rerank_sigmas, drop_documents, extra_rounds", [
+    (DEFAULT_SIGMAS, DEFAULT_RERANK_SIGMAS, False, set()),
+    (-3.0, DEFAULT_RERANK_SIGMAS, False, {"interaction", "rerank"}),  # unscored candidates were not reranked
+    (0.0, -3.0, False, {"interaction", "rerank"}),
+    (DEFAULT_SIGMAS, -3.0, False, {"rerank"}),
+    (DEFAULT_SIGMAS, DEFAULT_RERANK_SIGMAS, True, {"documents"}),
+])
+def test_what_the_probe_round_left_undone_gets_its_own_round(tmp_path, encoder, corpus, codec, monkeypatch,
+                                                             sigmas, rerank_sigmas, drop_documents, extra_rounds):
+    """Shards score only part of their candidates by interaction, and rerank only part of
+    those, in the probe round; whatever the global cuts keep beyond that is scored in extra
+    rounds (and documents the shards did not send are fetched), and the results do not change.
+    With the default margins a search is one round here."""
     single, sharded = build_pair(tmp_path, encoder, corpus, codec, num_shards=3)
     monkeypatch.setattr(pipeline, "SPECULATION_SIGMAS", sigmas)
+    monkeypatch.setattr(pipeline, "RERANK_SPECULATION_SIGMAS", rerank_sigmas)
     stages = []
     fan_out = sharded.shards.fan_out
-    monkeypatch.setattr(sharded.shards, "fan_out", lambda method, args, allow_partial=False: (
-        stages.append(args[0][0]), fan_out(method, args, allow_partial))[1])
+
+    def recording_fan_out(method, args, shards=None, allow_partial=False):
+        stages.append(args[0][0])
+        rounds = fan_out(method, args, shards, allow_partial)
+        if drop_documents and args[0][0] == "probe":  # a shard that sends no documents with its hits
+            for ranked in (r for round_ in rounds for r in round_.ranked):
+                ranked.documents = None
+        return rounds
+
+    monkeypatch.setattr(sharded.shards, "fan_out", recording_fan_out)
     queries = queries_for(corpus[2], 12, seed=6)
     for flt in FILTERS[:3]:
         for k in (1, 10):
             for e, g in zip(single.search_batch(queries, k=k, filter=flt), sharded.search_batch(queries, k=k, filter=flt)):
                 assert [h.id for h in g] == [h.id for h in e]
                 np.testing.assert_allclose([h.score for h in g], [h.score for h in e], rtol=0, atol=1e-5)
-    assert ("interaction" in stages) == (sigmas != DEFAULT_SIGMAS)
+                assert [(h.text, h.metadata) for h in g] == [(h.text, h.metadata) for h in e]
+    assert set(stages) - {"probe"} == extra_rounds
 
 
 def test_writes_go_to_the_owning_shard(tmp_path, encoder, corpus):

@@ -93,24 +93,25 @@ class RayShards:
             self.refresh_secondaries(shard)
         return result
 
-    def fan_out(self, method: str, per_shard_args: Sequence[tuple], allow_partial: bool = False) -> list[Any]:
-        """One call per shard, all in flight together, each on the next replica in turn; a failed
-        call is retried on the shard's other replicas."""
-        shards = range(len(per_shard_args))
+    def fan_out(self, method: str, per_shard_args: Sequence[tuple], shards: Sequence[int] | None = None,
+                allow_partial: bool = False) -> list[Any]:
+        """One call per shard (or per shard of ``shards``), all in flight together, each on the
+        next replica in turn; a failed call is retried on the shard's other replicas."""
+        shards = list(range(self.num_shards) if shards is None else shards)
         first = {s: next(self._turn[s]) % self.num_replicas for s in shards}
-        pending = {s: self.replicas[s][first[s]].call.remote(method, *per_shard_args[s]) for s in shards}
+        pending = [self.replicas[s][first[s]].call.remote(method, *args) for s, args in zip(shards, per_shard_args)]
         try:
-            return ray.get(list(pending.values()), timeout=self.call_timeout_s)  # the usual case: one wait
+            return ray.get(pending, timeout=self.call_timeout_s)  # the usual case: one wait
         except ACTOR_FAILURES:
             pass  # find the failed shards one by one
         results = []
-        for s in shards:
+        for s, args, ref in zip(shards, per_shard_args, pending):
             try:
-                results.append(ray.get(pending[s], timeout=self.call_timeout_s))
+                results.append(ray.get(ref, timeout=self.call_timeout_s))
             except ACTOR_FAILURES:
                 order = [(first[s] + i) % self.num_replicas for i in range(1, self.num_replicas + 2)]
                 try:
-                    results.append(self._attempt(s, method, per_shard_args[s], {}, order))
+                    results.append(self._attempt(s, method, args, {}, order))
                 except ShardUnavailableError:
                     if not allow_partial:
                         raise

@@ -56,13 +56,16 @@ PREPARED_KEPT = 8  # recently prepared query batches kept (every round of a sear
 @dataclass(frozen=True)
 class SearchParams:
     """Knobs of the compressed search; :meth:`for_k` gives the defaults for a given k.
-    ``probe_scored`` is set by the coordinator (see :mod:`~lir_agent.engines.pipeline`): how
-    many of its best candidates the probe round scores by interaction (None: all)."""
+    ``probe_scored`` and ``rerank_scored`` are set by the coordinator (see
+    :mod:`~lir_agent.engines.pipeline`): how many of its best candidates the probe round scores
+    by interaction, and how many of those, the best by interaction, it reranks (None: all of
+    the candidates; ``rerank``)."""
 
     nprobe: int
     candidates: int
     rerank: int
     probe_scored: int | None = None
+    rerank_scored: int | None = None
 
     @classmethod
     def for_k(cls, k: int) -> "SearchParams":
@@ -213,10 +216,11 @@ class CompressedEngine:
     # -------------------------------------------------------------- search rounds (see pipeline)
     def probe_round(self, stores: list[CompressedSegment], masks: list[np.ndarray | None], queries: QueryBatch,
                     params: SearchParams, take_all: list[bool] | None) -> tuple[list[Ranked], list[int]]:
-        """Stage 1 per query: the best ``candidates`` documents by approximate score, the first
-        ``probe_scored`` of them (or all) with their centroid-interaction scores (stage 2; NaN
-        for the rest), and how many matching documents were probed (``take_all[q]``: every
-        matching document is a candidate)."""
+        """Stages 1-3 per query: the best ``candidates`` documents by approximate score, the
+        first ``probe_scored`` of them (or all) with their centroid-interaction scores (stage 2;
+        NaN for the rest), the best ``rerank_scored`` (or ``rerank``) of those by interaction
+        with their exact scores (stage 3; NaN for the rest), and how many matching documents
+        were probed (``take_all[q]``: every matching document is a candidate)."""
         eligible = [None if m is None else torch.from_numpy(m).to(s.device) for s, m in zip(stores, masks)]
 
         def one(q: int) -> tuple[Ranked, int]:
@@ -233,6 +237,9 @@ class CompressedEngine:
             scored = candidates.take(np.arange(min(len(candidates), params.probe_scored or len(candidates))))
             candidates.interaction = np.full(len(candidates), np.nan, dtype=np.float32)
             candidates.interaction[: len(scored)] = _interaction(stores, queries.centroid_scores[q], scored).scores
+            reranked = np.argsort(-candidates.interaction[: len(scored)], kind="stable")[: params.rerank_scored or params.rerank]
+            candidates.exact = np.full(len(candidates), np.nan, dtype=np.float32)
+            candidates.exact[reranked] = _rerank(stores, queries, q, candidates.take(reranked)).scores
             return candidates, probed_count
 
         results = _per_query(one, len(queries.vectors), stores)
@@ -247,9 +254,7 @@ class CompressedEngine:
     def rerank_round(self, stores: list[CompressedSegment], queries: QueryBatch, selections: list[Ranked],
                      k: int) -> list[Ranked]:
         """Stage 3 per query: exact MaxSim on the decompressed tokens of the selected documents; the best k."""
-        return _per_query(lambda q: _score_selection(selections[q], stores, lambda store, docs: store.rerank(
-            queries.vectors[q].to(store.device), queries.centroid_scores[q].to(store.device), docs)).best(k),
-            len(queries.vectors), stores)
+        return _per_query(lambda q: _rerank(stores, queries, q, selections[q]).best(k), len(queries.vectors), stores)
 
     def prepare_queries(self, matrices: list[torch.Tensor], device: str) -> QueryBatch:
         """The queries projected and scored against every centroid. A shard receives the same
@@ -286,6 +291,11 @@ class CompressedEngine:
 
 def _interaction(stores: list[CompressedSegment], centroid_scores: torch.Tensor, selection: Ranked) -> Ranked:
     return _score_selection(selection, stores, lambda store, docs: store.interaction(centroid_scores.to(store.device), docs))
+
+
+def _rerank(stores: list[CompressedSegment], queries: QueryBatch, q: int, selection: Ranked) -> Ranked:
+    return _score_selection(selection, stores, lambda store, docs: store.rerank(
+        queries.vectors[q].to(store.device), queries.centroid_scores[q].to(store.device), docs))
 
 
 def _score_selection(selection: Ranked, stores: list[CompressedSegment], score: Any) -> Ranked:

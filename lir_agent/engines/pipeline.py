@@ -4,23 +4,25 @@ An index answers a search in rounds; each round runs on every shard (a single in
 shard) and the coordinator merges the shards' answers before the next:
 
 * exact engine: one round, ``"exact"``: each shard's top k; the merge keeps the best k.
-* compressed engine (see :mod:`lir_agent.engines.compressed`): ``"probe"``: each shard's best
-  ``candidates`` by approximate score → merge to the best ``candidates`` over all shards, then of
-  those the best ``rerank`` by centroid interaction → ``"rerank"``: exact MaxSim on the
-  decompressed tokens of the survivors, each shard's best k → merge to k.
+* compressed engine (see :mod:`lir_agent.engines.compressed`), usually one round, ``"probe"``:
+  each shard's best ``candidates`` by approximate score, with centroid-interaction scores for
+  the best of them and exact (rerank) scores for the best of those → the coordinator merges
+  to the best ``candidates`` over all shards, of those the best ``rerank`` by interaction, of
+  those the best k by exact score.
 
 Because every cut is made over all shards together, a sharded index returns exactly what one
 index holding the same documents (and the same codec) returns: a document among the best
 ``candidates`` of all shards is among the best ``candidates`` of its own shard.
 
-The interaction scores are speculative: in the probe round a shard scores only its first
-``probe_scored`` candidates: its expected share of the global cut plus a margin of
-``SPECULATION_SIGMAS`` standard deviations (documents are routed by a hash, so a shard's share of
-the best ``candidates`` is about binomial), so N shards do little more interaction work than one
-index rather than N times as much. When a shard holds more of the global cut than it scored, an
-``"interaction"`` round scores the rest (rare: it costs a round trip, never a different result). A shard answers a round with a
-:class:`Ranked` per query; the last round attaches its hits' documents, so no further round trip
-is needed.
+The later stages are speculative, so that N shards do little more work than one index and a
+search takes one round trip: in the probe round a shard scores by interaction only its first
+``probe_scored`` candidates and reranks only the best ``rerank_scored`` of those, each its
+expected share of the global cut plus a margin of standard deviations (documents are routed by
+a hash, so a shard's share of a cut is about binomial). When the global cuts reach beyond what
+a shard scored, an ``"interaction"`` or ``"rerank"`` round scores the rest, and a
+``"documents"`` round fetches hits whose documents were not sent (all rare: they cost a round
+trip, never a different result). A single index is one shard with nothing left to speculate.
+A shard answers a round with a :class:`Ranked` per query.
 """
 
 from __future__ import annotations
@@ -37,17 +39,21 @@ from ..errors import LIRError
 @dataclass
 class Ranked:
     """Scored documents of one shard for one query, as parallel arrays (segment, row address a
-    document inside the shard; ``documents``, when set, are those rows' documents)."""
+    document inside the shard). The probe round also fills ``interaction`` and ``exact`` (NaN:
+    not scored at that stage); ``documents``, when set, holds the rows' documents (None where
+    not sent)."""
 
     scores: np.ndarray  # float32
     segments: np.ndarray  # int64
     rows: np.ndarray  # int64
-    documents: list[Any] | None = None  # set by the last round of a search
-    interaction: np.ndarray | None = None  # centroid-interaction scores (probe round; NaN: not scored)
+    documents: list[Any] | None = None
+    interaction: np.ndarray | None = None  # centroid-interaction scores
+    exact: np.ndarray | None = None  # rerank scores
 
     @classmethod
     def empty(cls) -> "Ranked":
-        return cls(np.zeros(0, np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64), [], np.zeros(0, np.float32))
+        nothing = np.zeros(0, np.float32)
+        return cls(nothing, np.zeros(0, np.int64), np.zeros(0, np.int64), [], nothing, nothing)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -55,12 +61,18 @@ class Ranked:
     def take(self, positions: np.ndarray) -> "Ranked":
         documents = None if self.documents is None else [self.documents[i] for i in positions]
         interaction = None if self.interaction is None else self.interaction[positions]
-        return Ranked(self.scores[positions], self.segments[positions], self.rows[positions], documents, interaction)
+        exact = None if self.exact is None else self.exact[positions]
+        return Ranked(self.scores[positions], self.segments[positions], self.rows[positions], documents, interaction, exact)
 
     def best(self, count: int) -> "Ranked":
         """The ``count`` highest-scoring entries, best first (ties: lower position first)."""
         order = np.argsort(-self.scores, kind="stable")[:count]
         return self.take(order)
+
+    def known(self, field_name: str) -> np.ndarray:
+        """Positions whose ``interaction`` or ``exact`` score was computed."""
+        values = getattr(self, field_name)
+        return np.flatnonzero(~np.isnan(values))
 
 
 @dataclass
@@ -86,66 +98,133 @@ class StaleSearchError(LIRError):
     """A shard changed between the rounds of one search (the search is retried)."""
 
 
-def merge(parts: Sequence[Ranked], count: int, by_interaction: bool = False) -> list[Ranked]:
-    """The ``count`` best entries over all shards' ``parts`` (by score, or by interaction
-    score), returned per shard."""
-    scores = (np.concatenate([p.interaction if by_interaction else p.scores for p in parts]) if parts
-              else np.zeros(0, np.float32))
+def merge(parts: Sequence[Ranked], count: int, by: str = "scores") -> list[Ranked]:
+    """The ``count`` best entries over all shards' ``parts`` by ``by`` ("scores",
+    "interaction" or "exact"), returned per shard in their original order."""
+    scores = np.concatenate([getattr(p, by) for p in parts]) if parts else np.zeros(0, np.float32)
     shard_of = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)]) if parts else np.zeros(0, int)
     position = np.concatenate([np.arange(len(p)) for p in parts]) if parts else np.zeros(0, int)
     keep = np.argsort(-scores, kind="stable")[:count]
     return [part.take(np.sort(position[keep[shard_of[keep] == i]])) for i, part in enumerate(parts)]
 
 
-FanOut = Callable[[str, Any, "list[list[Ranked]] | None", "list[bool] | None"], list[Round]]
-"""``fan_out(stage, params, selections, flags)``: runs a round on every shard (see :func:`run_search`)."""
+FanOut = Callable[[str, Any, "list[list[Ranked] | None] | None", "list[bool] | None"], "list[Round | None]"]
+"""``fan_out(stage, params, selections, flags)``: runs a round on the shards (see :func:`run_search`)."""
 
 SPECULATION_SIGMAS = 4.0  # margin over a shard's expected share of the candidate cut (see above)
+RERANK_SPECULATION_SIGMAS = 3.0  # margin over a shard's expected share of the rerank cut
+
+
+def speculative_share(total: int, num_shards: int, sigmas: float) -> int | None:
+    """A shard's expected share of a cut of ``total`` documents plus ``sigmas`` standard
+    deviations (None: the whole cut, nothing to gain from speculating)."""
+    share = total / num_shards
+    count = max(1, math.ceil(share + sigmas * math.sqrt(share * (1 - 1 / num_shards))))
+    return None if count >= total else count
 
 
 def run_search(kind: str, fan_out: FanOut, num_queries: int, num_shards: int, k: int,
                params: Any) -> list[list[tuple[float, int, Any]]]:
     """Runs the rounds of a search; returns per query the best k (score, shard, document).
 
-    ``fan_out(stage, params, selections, flags)`` runs one round on every shard and returns
-    their Rounds in shard order; ``selections[shard][query]`` narrows a round to those
-    documents; ``flags[query]`` makes the probe round return every matching document (too few
-    were probed).
+    ``fan_out(stage, params, selections, flags)`` runs one round and returns the shards' Rounds
+    in shard order; ``selections[shard][query]`` narrows a round to those documents, and a shard
+    whose selection is None is not asked (its Round is None); ``flags[query]`` makes the probe
+    round return every matching document (too few were probed).
     """
     if kind == "exact":
-        final = _per_query(fan_out("exact", params, None, None), num_queries)
-    else:
-        share = params.candidates / num_shards
-        scored = max(1, math.ceil(share + SPECULATION_SIGMAS * math.sqrt(share * (1 - 1 / num_shards))))
-        probe_params = replace(params, probe_scored=None if scored >= params.candidates else scored)
-        rounds = fan_out("probe", probe_params, None, None)
-        generation = [r.generation for r in rounds]
-        too_few = [sum(r.probed[q] for r in rounds) < k for q in range(num_queries)]
-        if any(too_few):  # fewer than k matching documents probed: those queries take all that match
-            retry = fan_out("probe", probe_params, None, too_few)
-            _check_generation(retry, generation)
-            rounds = [Round(a.generation, [b.ranked[q] if too_few[q] else a.ranked[q] for q in range(num_queries)])
-                      for a, b in zip(rounds, retry)]
-        candidates = _transpose([merge(parts, params.candidates) for parts in _per_query(rounds, num_queries)])
-        unscored = [[part.take(np.flatnonzero(np.isnan(part.interaction))) for part in parts] for parts in candidates]
-        if any(len(part) for parts in unscored for part in parts):
-            scored = fan_out("interaction", params, unscored, None)
-            _check_generation(scored, generation)
-            for parts, answer in zip(candidates, scored):
-                for part, interaction in zip(parts, answer.ranked):
-                    if len(interaction):  # else the shard is missing (a partial search) and its NaNs sort last
-                        part.interaction[np.isnan(part.interaction)] = interaction.scores
-        selected = [merge(parts, params.rerank, by_interaction=True) for parts in _transpose(candidates)]
-        reranked = fan_out("rerank", params, _transpose(selected), None)
-        _check_generation(reranked, generation)
-        final = _per_query(reranked, num_queries)
+        hits = _top_k(_per_query(fan_out("exact", params, None, None), num_queries), k)
+        return [[(score, shard, document) for score, shard, _, _, document in query_hits] for query_hits in hits]
+    probe_params = replace(params, probe_scored=speculative_share(params.candidates, num_shards, SPECULATION_SIGMAS),
+                           rerank_scored=speculative_share(params.rerank, num_shards, RERANK_SPECULATION_SIGMAS))
+    rounds = fan_out("probe", probe_params, None, None)
+    generation = [r.generation for r in rounds]
+    too_few = [sum(r.probed[q] for r in rounds) < k for q in range(num_queries)]
+    if any(too_few):  # fewer than k matching documents probed: those queries take all that match
+        retry = fan_out("probe", probe_params, None, too_few)
+        _check_generation(retry, generation)
+        rounds = [Round(a.generation, [b.ranked[q] if too_few[q] else a.ranked[q] for q in range(num_queries)])
+                  for a, b in zip(rounds, retry)]
+    candidates = [merge(parts, params.candidates) for parts in _per_query(rounds, num_queries)]
+    unscored = _unknown(candidates, "interaction")
+    if any(selection is not None for selection in unscored):
+        answers = fan_out("interaction", params, unscored, None)
+        _check_generation(answers, generation)
+        for q, parts in enumerate(candidates):
+            for part, answer in zip(parts, answers):
+                if answer is not None and len(answer.ranked[q]):  # else missing (partial): NaN sorts last
+                    part.interaction[np.isnan(part.interaction)] = answer.ranked[q].scores
+    selected = [merge(parts, params.rerank, by="interaction") for parts in candidates]
+    final = [[_rescored(part.take(part.known("exact")), part.exact[part.known("exact")]) for part in parts]
+             for parts in selected]
+    unranked = _unknown(selected, "exact")
+    if any(selection is not None for selection in unranked):
+        answers = fan_out("rerank", params, unranked, None)  # each shard's best k of what it had left
+        _check_generation(answers, generation)
+        for q, parts in enumerate(final):
+            for s, answer in enumerate(answers):
+                if answer is not None:
+                    parts[s] = _joined(parts[s], answer.ranked[q])
+    hits = _top_k(final, k)
+    _fetch_documents(fan_out, params, hits, num_shards, generation)
+    return [[(score, shard, document) for score, shard, _, _, document in query_hits] for query_hits in hits]
+
+
+Hit = tuple  # (score, shard, segment, row, document or None)
+
+
+def _top_k(parts_per_query: list[list[Ranked]], k: int) -> list[list[Hit]]:
+    """Per query, the best k entries over all shards, best first."""
     results = []
-    for parts in final:
+    for parts in parts_per_query:
         best = merge(parts, k)
-        hits = [(float(score), shard, doc) for shard, part in enumerate(best)
-                for score, doc in zip(part.scores.tolist(), part.documents)]
+        hits = [(float(score), shard, int(segment), int(row), None if part.documents is None else part.documents[i])
+                for shard, part in enumerate(best)
+                for i, (score, segment, row) in enumerate(zip(part.scores.tolist(), part.segments, part.rows))]
         results.append(sorted(hits, key=lambda hit: -hit[0]))
     return results
+
+
+def _fetch_documents(fan_out: FanOut, params: Any, hits: list[list[Hit]], num_shards: int,
+                     generation: list[int]) -> None:
+    """Fills in the documents of hits whose shard did not send them (one round, rarely needed)."""
+    wanted: list[list[list[Hit]]] = [[[] for _ in hits] for _ in range(num_shards)]
+    for q, query_hits in enumerate(hits):
+        for hit in query_hits:
+            if hit[4] is None:
+                wanted[hit[1]][q].append(hit)
+    if not any(any(per_query) for per_query in wanted):
+        return
+    selections = [[Ranked(np.zeros(len(w), np.float32), np.array([h[2] for h in w], np.int64),
+                          np.array([h[3] for h in w], np.int64)) for w in per_query]
+                  if any(per_query) else None for per_query in wanted]
+    answers = fan_out("documents", params, selections, None)
+    _check_generation(answers, generation)
+    for q, query_hits in enumerate(hits):
+        found = {(h[1], h[2], h[3]): d for s, answer in enumerate(answers) if answer is not None
+                 for h, d in zip(wanted[s][q], answer.ranked[q].documents)}
+        query_hits[:] = [hit if hit[4] is not None else hit[:4] + (found[hit[1:4]],) for hit in query_hits]
+
+
+def _unknown(table: list[list[Ranked]], field_name: str) -> list[list[Ranked] | None]:
+    """Per shard, per query: the entries of ``table`` (per query, per shard) whose
+    ``field_name`` score was not computed; None for a shard with none."""
+    result = []
+    for parts in _transpose(table):
+        rest = [part.take(np.flatnonzero(np.isnan(getattr(part, field_name)))) for part in parts]
+        result.append(rest if any(len(r) for r in rest) else None)
+    return result
+
+
+def _rescored(part: Ranked, scores: np.ndarray) -> Ranked:
+    return Ranked(scores, part.segments, part.rows, part.documents)
+
+
+def _joined(a: Ranked, b: Ranked) -> Ranked:
+    """Entries of ``a`` then ``b``, with their scores and documents (None where absent)."""
+    documents = [*(a.documents or [None] * len(a)), *(b.documents or [None] * len(b))]
+    return Ranked(np.concatenate([a.scores, b.scores]).astype(np.float32, copy=False),
+                  np.concatenate([a.segments, b.segments]), np.concatenate([a.rows, b.rows]), documents)
 
 
 def _per_query(rounds: list[Round], num_queries: int) -> list[list[Ranked]]:
@@ -157,6 +236,6 @@ def _transpose(table: list[list[Ranked]]) -> list[list[Ranked]]:
     return [list(column) for column in zip(*table)]
 
 
-def _check_generation(rounds: list[Round], expected: list[int]) -> None:
-    if [r.generation for r in rounds] != expected:
+def _check_generation(rounds: list[Round | None], expected: list[int]) -> None:
+    if any(r is not None and r.generation != e for r, e in zip(rounds, expected)):
         raise StaleSearchError("a shard was written to during the search")
