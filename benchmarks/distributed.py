@@ -38,11 +38,13 @@ from lir_agent.eval import load_beir  # noqa: E402
 from lir_agent.sharded import ShardedIndex, reshard  # noqa: E402
 
 SHARD_COUNTS = (1, 2, 4)
+SETTLE_S = 0.01  # pause before each timed search: what one search leaves running (Ray's bookkeeping) ends first
 
 
 def interleaved_latencies(indexes: dict[str, object], queries: list[torch.Tensor]) -> dict[str, list[float]]:
     """Per index, each query's best of LATENCY_REPEATS passes; every query runs on all the
-    indexes back to back (in turns), so load that comes and goes hits each of them alike."""
+    indexes in turns, so load that comes and goes hits each of them alike, with a pause before
+    each search so that none is timed while the previous one's processes finish."""
     for index in indexes.values():
         index.search(queries[0], k=10)  # warm-up
     best = {name: [float("inf")] * len(queries) for name in indexes}
@@ -50,6 +52,7 @@ def interleaved_latencies(indexes: dict[str, object], queries: list[torch.Tensor
     for repeat in range(LATENCY_REPEATS):
         for i, query in enumerate(queries):
             for name in names[i % len(names):] + names[: i % len(names)]:
+                time.sleep(SETTLE_S)
                 start = time.perf_counter()
                 indexes[name].search(query, k=10)
                 best[name][i] = min(best[name][i], time.perf_counter() - start)

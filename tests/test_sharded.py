@@ -72,22 +72,25 @@ def test_sharded_search_equals_one_index(tmp_path, encoder, corpus, codec, kind)
 
 
 
-@pytest.mark.parametrize("sigmas, rerank_sigmas, drop_documents, extra_rounds", [
-    (DEFAULT_SIGMAS, DEFAULT_RERANK_SIGMAS, False, set()),
-    (-3.0, DEFAULT_RERANK_SIGMAS, False, {"interaction", "rerank"}),  # unscored candidates were not reranked
-    (0.0, -3.0, False, {"interaction", "rerank"}),
-    (DEFAULT_SIGMAS, -3.0, False, {"rerank"}),
-    (DEFAULT_SIGMAS, DEFAULT_RERANK_SIGMAS, True, {"documents"}),
+@pytest.mark.parametrize("sigmas, rerank_sigmas, speculative_batch, drop_documents, extra_rounds", [
+    (DEFAULT_SIGMAS, DEFAULT_RERANK_SIGMAS, 12, False, set()),
+    (-3.0, DEFAULT_RERANK_SIGMAS, 12, False, {"interaction", "rerank"}),  # unscored candidates were not reranked
+    (0.0, -3.0, 12, False, {"interaction", "rerank"}),
+    (DEFAULT_SIGMAS, -3.0, 12, False, {"rerank"}),
+    (DEFAULT_SIGMAS, DEFAULT_RERANK_SIGMAS, 12, True, {"documents"}),
+    (DEFAULT_SIGMAS, DEFAULT_RERANK_SIGMAS, 11, False, {"rerank"}),  # a larger batch reranks in its own round
 ])
-def test_what_the_probe_round_left_undone_gets_its_own_round(tmp_path, encoder, corpus, codec, monkeypatch,
-                                                             sigmas, rerank_sigmas, drop_documents, extra_rounds):
+def test_what_the_probe_round_left_undone_gets_its_own_round(tmp_path, encoder, corpus, codec, monkeypatch, sigmas,
+                                                             rerank_sigmas, speculative_batch, drop_documents,
+                                                             extra_rounds):
     """Shards score only part of their candidates by interaction, and rerank only part of
     those, in the probe round; whatever the global cuts keep beyond that is scored in extra
     rounds (and documents the shards did not send are fetched), and the results do not change.
-    With the default margins a search is one round here."""
+    With the default margins a search of 12 queries is one round here."""
     single, sharded = build_pair(tmp_path, encoder, corpus, codec, num_shards=3)
     monkeypatch.setattr(pipeline, "SPECULATION_SIGMAS", sigmas)
     monkeypatch.setattr(pipeline, "RERANK_SPECULATION_SIGMAS", rerank_sigmas)
+    monkeypatch.setattr(pipeline, "SPECULATIVE_RERANK_QUERIES", speculative_batch)
     stages = []
     fan_out = sharded.shards.fan_out
 

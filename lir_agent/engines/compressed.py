@@ -59,7 +59,7 @@ class SearchParams:
     ``probe_scored`` and ``rerank_scored`` are set by the coordinator (see
     :mod:`~lir_agent.engines.pipeline`): how many of its best candidates the probe round scores
     by interaction, and how many of those, the best by interaction, it reranks (None: all of
-    the candidates; ``rerank``)."""
+    the candidates; ``rerank``; 0: none, the coordinator asks for a rerank round)."""
 
     nprobe: int
     candidates: int
@@ -237,7 +237,8 @@ class CompressedEngine:
             scored = candidates.take(np.arange(min(len(candidates), params.probe_scored or len(candidates))))
             candidates.interaction = np.full(len(candidates), np.nan, dtype=np.float32)
             candidates.interaction[: len(scored)] = _interaction(stores, queries.centroid_scores[q], scored).scores
-            reranked = np.argsort(-candidates.interaction[: len(scored)], kind="stable")[: params.rerank_scored or params.rerank]
+            rerank_count = params.rerank if params.rerank_scored is None else params.rerank_scored
+            reranked = np.argsort(-candidates.interaction[: len(scored)], kind="stable")[:rerank_count]
             candidates.exact = np.full(len(candidates), np.nan, dtype=np.float32)
             candidates.exact[reranked] = _rerank(stores, queries, q, candidates.take(reranked)).scores
             return candidates, probed_count

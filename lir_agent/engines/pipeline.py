@@ -18,7 +18,8 @@ The later stages are speculative, so that N shards do little more work than one 
 search takes one round trip: in the probe round a shard scores by interaction only its first
 ``probe_scored`` candidates and reranks only the best ``rerank_scored`` of those, each its
 expected share of the global cut plus a margin of standard deviations (documents are routed by
-a hash, so a shard's share of a cut is about binomial). When the global cuts reach beyond what
+a hash, so a shard's share of a cut is about binomial); a large batch, whose round trips are
+shared by its queries, reranks in a second round instead. When the global cuts reach beyond what
 a shard scored, an ``"interaction"`` or ``"rerank"`` round scores the rest, and a
 ``"documents"`` round fetches hits whose documents were not sent (all rare: they cost a round
 trip, never a different result). A single index is one shard with nothing left to speculate.
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -112,7 +113,10 @@ FanOut = Callable[[str, Any, "list[list[Ranked] | None] | None", "list[bool] | N
 """``fan_out(stage, params, selections, flags)``: runs a round on the shards (see :func:`run_search`)."""
 
 SPECULATION_SIGMAS = 4.0  # margin over a shard's expected share of the candidate cut (see above)
-RERANK_SPECULATION_SIGMAS = 3.0  # margin over a shard's expected share of the rerank cut
+RERANK_SPECULATION_SIGMAS = 2.5  # margin over a shard's expected share of the rerank cut (SciFact, 4 shards: 3% fall back)
+# Speculative reranking saves a round trip at the price of reranking more documents; a batch of
+# more queries than this shares one round trip, so it reranks exactly the global cut instead.
+SPECULATIVE_RERANK_QUERIES = 4
 
 
 def speculative_share(total: int, num_shards: int, sigmas: float) -> int | None:
@@ -134,9 +138,11 @@ def run_search(kind: str, fan_out: FanOut, num_queries: int, num_shards: int, k:
     """
     if kind == "exact":
         hits = _top_k(_per_query(fan_out("exact", params, None, None), num_queries), k)
-        return [[(score, shard, document) for score, shard, _, _, document in query_hits] for query_hits in hits]
+        return [[(hit.score, hit.shard, hit.document) for hit in query_hits] for query_hits in hits]
+    rerank_scored = (speculative_share(params.rerank, num_shards, RERANK_SPECULATION_SIGMAS)
+                     if num_queries <= SPECULATIVE_RERANK_QUERIES else 0)
     probe_params = replace(params, probe_scored=speculative_share(params.candidates, num_shards, SPECULATION_SIGMAS),
-                           rerank_scored=speculative_share(params.rerank, num_shards, RERANK_SPECULATION_SIGMAS))
+                           rerank_scored=None if num_shards == 1 else rerank_scored)
     rounds = fan_out("probe", probe_params, None, None)
     generation = [r.generation for r in rounds]
     too_few = [sum(r.probed[q] for r in rounds) < k for q in range(num_queries)]
@@ -167,10 +173,15 @@ def run_search(kind: str, fan_out: FanOut, num_queries: int, num_shards: int, k:
                     parts[s] = _joined(parts[s], answer.ranked[q])
     hits = _top_k(final, k)
     _fetch_documents(fan_out, params, hits, num_shards, generation)
-    return [[(score, shard, document) for score, shard, _, _, document in query_hits] for query_hits in hits]
+    return [[(hit.score, hit.shard, hit.document) for hit in query_hits] for query_hits in hits]
 
 
-Hit = tuple  # (score, shard, segment, row, document or None)
+class Hit(NamedTuple):
+    score: float
+    shard: int
+    segment: int
+    row: int
+    document: Any  # None until its shard sent it
 
 
 def _top_k(parts_per_query: list[list[Ranked]], k: int) -> list[list[Hit]]:
@@ -178,32 +189,34 @@ def _top_k(parts_per_query: list[list[Ranked]], k: int) -> list[list[Hit]]:
     results = []
     for parts in parts_per_query:
         best = merge(parts, k)
-        hits = [(float(score), shard, int(segment), int(row), None if part.documents is None else part.documents[i])
+        hits = [Hit(float(score), shard, int(segment), int(row), None if part.documents is None else part.documents[i])
                 for shard, part in enumerate(best)
                 for i, (score, segment, row) in enumerate(zip(part.scores.tolist(), part.segments, part.rows))]
-        results.append(sorted(hits, key=lambda hit: -hit[0]))
+        results.append(sorted(hits, key=lambda hit: -hit.score))
     return results
 
 
 def _fetch_documents(fan_out: FanOut, params: Any, hits: list[list[Hit]], num_shards: int,
                      generation: list[int]) -> None:
-    """Fills in the documents of hits whose shard did not send them (one round, rarely needed)."""
+    """Fills in the documents of hits whose shard did not send them (one round, rarely needed);
+    a hit whose shard is gone by then (a partial search) is dropped."""
     wanted: list[list[list[Hit]]] = [[[] for _ in hits] for _ in range(num_shards)]
     for q, query_hits in enumerate(hits):
         for hit in query_hits:
-            if hit[4] is None:
-                wanted[hit[1]][q].append(hit)
+            if hit.document is None:
+                wanted[hit.shard][q].append(hit)
     if not any(any(per_query) for per_query in wanted):
         return
-    selections = [[Ranked(np.zeros(len(w), np.float32), np.array([h[2] for h in w], np.int64),
-                          np.array([h[3] for h in w], np.int64)) for w in per_query]
+    selections = [[Ranked(np.zeros(len(w), np.float32), np.array([h.segment for h in w], np.int64),
+                          np.array([h.row for h in w], np.int64)) for w in per_query]
                   if any(per_query) else None for per_query in wanted]
     answers = fan_out("documents", params, selections, None)
     _check_generation(answers, generation)
     for q, query_hits in enumerate(hits):
-        found = {(h[1], h[2], h[3]): d for s, answer in enumerate(answers) if answer is not None
-                 for h, d in zip(wanted[s][q], answer.ranked[q].documents)}
-        query_hits[:] = [hit if hit[4] is not None else hit[:4] + (found[hit[1:4]],) for hit in query_hits]
+        found = {hit[:4]: document for s, answer in enumerate(answers) if answer is not None
+                 for hit, document in zip(wanted[s][q], answer.ranked[q].documents)}
+        query_hits[:] = [hit if hit.document is not None else hit._replace(document=found[hit[:4]])
+                         for hit in query_hits if hit.document is not None or hit[:4] in found]
 
 
 def _unknown(table: list[list[Ranked]], field_name: str) -> list[list[Ranked] | None]:
