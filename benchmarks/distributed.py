@@ -4,11 +4,12 @@ For 1, 2 and 4 shards of the 2-bit compressed SciFact index (resharded from the 
 every shard shares its codec): single-query p50/p95 latency, queries per second in batches of
 32, and the coordinator's overhead (Ray p50 minus local p50; floor <= 5 ms at 4 shards), also
 split into Ray's own cost (Ray p50 minus the same shards searched in this process) and the work
-sharding adds. The local index, the in-process shards and the Ray shards are timed interleaved,
-query by query (each query's best of 3 passes on each), so the machine's drifting load falls on
-all three alike. Then the HTTP service (Ray Serve, 4 shards) under concurrent clients: QPS and
-p95. Results go to ``results/distributed.json``; run ``benchmarks/engine.py --sections modes``
-first (it builds the local index).
+sharding adds; how many searches took one round, and what a round of empty calls costs. The
+local index, the in-process shards and the Ray shards are timed interleaved, query by query
+(each query's best of 3 passes on each, after a short pause), so the machine's drifting load
+falls on all three alike. Then the HTTP service (Ray Serve, 4 shards) under concurrent clients:
+QPS and p95. Results go to ``results/distributed.json``; run ``benchmarks/engine.py --sections
+modes`` first (it builds the local index).
 
     python benchmarks/distributed.py [--queries 300] [--clients 8]
 """
@@ -57,6 +58,35 @@ def interleaved_latencies(indexes: dict[str, object], queries: list[torch.Tensor
                 indexes[name].search(query, k=10)
                 best[name][i] = min(best[name][i], time.perf_counter() - start)
     return best
+
+
+def rounds_per_search(index: RayIndex, queries: list[torch.Tensor]) -> list[int]:
+    """How many rounds (fan-outs to the shards) each single-query search took."""
+    fan_out, counts = index.shards.fan_out, []
+
+    def counting(*args, **kwargs):
+        counts[-1] += 1
+        return fan_out(*args, **kwargs)
+
+    index.shards.fan_out = counting
+    try:
+        for query in queries:
+            counts.append(0)
+            index.search(query, k=10)
+    finally:
+        index.shards.fan_out = fan_out
+    return counts
+
+
+def empty_fan_out_seconds(index: RayIndex, repeats: int = 200) -> list[float]:
+    """Ray's own cost of one round: a call to every shard that does nothing (``len``)."""
+    seconds = []
+    for _ in range(repeats):
+        time.sleep(SETTLE_S)
+        start = time.perf_counter()
+        index.shards.fan_out("__len__", [()] * index.num_shards)
+        seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 def summary(seconds: list[float]) -> dict[str, float]:
@@ -114,8 +144,11 @@ def main() -> None:
             assert [[h.id for h in index.search(q, k=10)] for q in queries[:30]] == expected, "results differ"
             seconds = interleaved_latencies({"local": local, "in_process": ShardedIndex.open(path), "ray": index},
                                             queries[:LATENCY_QUERIES])
+            rounds = rounds_per_search(index, queries[:LATENCY_QUERIES])
             row = {"shards": count, **summary(seconds["ray"]), "qps_batch32": batch_qps(index, queries),
-                   "local": summary(seconds["local"]), "in_process": summary(seconds["in_process"])}
+                   "local": summary(seconds["local"]), "in_process": summary(seconds["in_process"]),
+                   "one_round_share": rounds.count(1) / len(rounds), "mean_rounds": float(np.mean(rounds)),
+                   "empty_fan_out": summary(empty_fan_out_seconds(index))}
         row["overhead_p50_ms"] = row["p50_ms"] - row["local"]["p50_ms"]
         row["paired_overhead_median_ms"] = 1e3 * float(np.median(np.subtract(seconds["ray"], seconds["local"])))
         row["ray_cost_p50_ms"] = row["p50_ms"] - row["in_process"]["p50_ms"]
@@ -125,7 +158,9 @@ def main() -> None:
               f"p95 {row['local']['p95_ms']:.1f} ms; overhead p50 {row['overhead_p50_ms']:+.1f} ms, median of "
               f"per-query differences {row['paired_overhead_median_ms']:+.1f} ms (floor <= 5 ms at 4 shards); "
               f"the same shards searched in this process: p50 {row['in_process']['p50_ms']:.1f} ms "
-              f"(Ray's own cost {row['ray_cost_p50_ms']:+.1f} ms)", flush=True)
+              f"(Ray's own cost {row['ray_cost_p50_ms']:+.1f} ms); searches in one round: "
+              f"{100 * row['one_round_share']:.0f}% (mean {row['mean_rounds']:.2f} rounds); a round of empty calls "
+              f"to every shard: p50 {row['empty_fan_out']['p50_ms']:.2f} ms", flush=True)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -138,7 +138,7 @@ def test_the_serve_command_starts_a_working_service(tmp_path, sample_index_path)
             try:
                 if requests.get(url + "/health", headers=auth, timeout=5).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or the app not deployed yet
                 pass
             assert time.monotonic() < deadline, "the service did not come up"
             time.sleep(1)

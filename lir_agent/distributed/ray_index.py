@@ -40,11 +40,12 @@ class ShardUnavailableError(LIRError):
 
 
 def ensure_ray(address: str | None = None, **init_kwargs: Any) -> None:
-    """Joins ``address`` (or ``RAY_ADDRESS``) when given, else starts a local Ray quietly;
-    does nothing when Ray is already initialised in this process."""
+    """Joins ``address`` (or ``RAY_ADDRESS``) when given, else starts a new local Ray quietly
+    (never a cluster found on this machine by other means); does nothing when Ray is already
+    initialised in this process."""
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     defaults = {"logging_level": logging.WARNING, "log_to_driver": False, "include_dashboard": False}
     ray.init(address=address, **(defaults | init_kwargs))
 
