@@ -2,14 +2,14 @@
 
 For 1, 2 and 4 shards of the 2-bit compressed SciFact index (resharded from the local one, so
 every shard shares its codec): single-query p50/p95 latency, queries per second in batches of
-32, and the coordinator's overhead (Ray p50 minus local p50; floor <= 5 ms at 4 shards), also
-split into Ray's own cost (Ray p50 minus the same shards searched in this process) and the work
-sharding adds; how many searches took one round, and what a round of empty calls costs. The
-local index, the in-process shards and the Ray shards are timed interleaved, query by query
-(each query's best of 3 passes on each, after a short pause), so the machine's drifting load
-falls on all three alike. Then the HTTP service (Ray Serve, 4 shards) under concurrent clients:
-QPS and p95. Results go to ``results/distributed.json``; run ``benchmarks/engine.py --sections
-modes`` first (it builds the local index).
+32, and the coordinator's overhead (Ray p50 minus local p50; floor <= 5 ms at 4 shards); how
+many searches took one round, what a round of empty calls to every shard costs, and the same
+shards searched one after another in this process (the work sharding adds). The local index and
+the Ray shards are timed in alternating passes over the queries (each query's best of 3 passes
+on each), so the machine's drifting load falls on both alike; the in-process shards against the
+local index in a loop of their own. Then the HTTP service (Ray Serve, 4 shards)
+under concurrent clients: QPS and p95. Results go to ``results/distributed.json``; run
+``benchmarks/engine.py --sections modes`` first (it builds the local index).
 
     python benchmarks/distributed.py [--queries 300] [--clients 8]
 """
@@ -39,21 +39,18 @@ from lir_agent.eval import load_beir  # noqa: E402
 from lir_agent.sharded import ShardedIndex, reshard  # noqa: E402
 
 SHARD_COUNTS = (1, 2, 4)
-SETTLE_S = 0.01  # pause before each timed search: what one search leaves running (Ray's bookkeeping) ends first
 
 
 def interleaved_latencies(indexes: dict[str, object], queries: list[torch.Tensor]) -> dict[str, list[float]]:
-    """Per index, each query's best of LATENCY_REPEATS passes; every query runs on all the
-    indexes in turns, so load that comes and goes hits each of them alike, with a pause before
-    each search so that none is timed while the previous one's processes finish."""
-    for index in indexes.values():
-        index.search(queries[0], k=10)  # warm-up
+    """Per index, each query's best of LATENCY_REPEATS passes. The passes alternate between the
+    indexes (a whole pass over the queries each, back to back, as a stream of single queries
+    runs), so load that comes and goes over minutes hits each of them alike, while no search is
+    timed right after another index's (whose processes may still be finishing)."""
     best = {name: [float("inf")] * len(queries) for name in indexes}
-    names = list(indexes)
     for repeat in range(LATENCY_REPEATS):
-        for i, query in enumerate(queries):
-            for name in names[i % len(names):] + names[: i % len(names)]:
-                time.sleep(SETTLE_S)
+        for name in list(indexes)[repeat % 2 :] + list(indexes)[: repeat % 2]:
+            indexes[name].search(queries[0], k=10)  # warm-up
+            for i, query in enumerate(queries):
                 start = time.perf_counter()
                 indexes[name].search(query, k=10)
                 best[name][i] = min(best[name][i], time.perf_counter() - start)
@@ -82,7 +79,6 @@ def empty_fan_out_seconds(index: RayIndex, repeats: int = 200) -> list[float]:
     """Ray's own cost of one round: a call to every shard that does nothing (``len``)."""
     seconds = []
     for _ in range(repeats):
-        time.sleep(SETTLE_S)
         start = time.perf_counter()
         index.shards.fan_out("__len__", [()] * index.num_shards)
         seconds.append(time.perf_counter() - start)
@@ -142,25 +138,25 @@ def main() -> None:
         with RayIndex.open(path, num_cpus_per_shard=2 / count) as index:
             expected = [[h.id for h in local.search(q, k=10)] for q in queries[:30]]
             assert [[h.id for h in index.search(q, k=10)] for q in queries[:30]] == expected, "results differ"
-            seconds = interleaved_latencies({"local": local, "in_process": ShardedIndex.open(path), "ray": index},
-                                            queries[:LATENCY_QUERIES])
+            seconds = interleaved_latencies({"local": local, "ray": index}, queries[:LATENCY_QUERIES])
             rounds = rounds_per_search(index, queries[:LATENCY_QUERIES])
             row = {"shards": count, **summary(seconds["ray"]), "qps_batch32": batch_qps(index, queries),
-                   "local": summary(seconds["local"]), "in_process": summary(seconds["in_process"]),
-                   "one_round_share": rounds.count(1) / len(rounds), "mean_rounds": float(np.mean(rounds)),
-                   "empty_fan_out": summary(empty_fan_out_seconds(index))}
+                   "local": summary(seconds["local"]), "one_round_share": rounds.count(1) / len(rounds),
+                   "mean_rounds": float(np.mean(rounds)), "empty_fan_out": summary(empty_fan_out_seconds(index))}
+        in_process = interleaved_latencies({"local": local, "in_process": ShardedIndex.open(path)},
+                                           queries[:LATENCY_QUERIES])
+        row["in_process"] = {**summary(in_process["in_process"]), "local_p50_ms": summary(in_process["local"])["p50_ms"]}
         row["overhead_p50_ms"] = row["p50_ms"] - row["local"]["p50_ms"]
         row["paired_overhead_median_ms"] = 1e3 * float(np.median(np.subtract(seconds["ray"], seconds["local"])))
-        row["ray_cost_p50_ms"] = row["p50_ms"] - row["in_process"]["p50_ms"]
         results["sharded"].append(row)
         print(f"{count} shard(s) on Ray: p50 {row['p50_ms']:.1f} ms, p95 {row['p95_ms']:.1f} ms, "
               f"QPS@32 {row['qps_batch32']:.1f}; local index in the same loop: p50 {row['local']['p50_ms']:.1f} ms, "
               f"p95 {row['local']['p95_ms']:.1f} ms; overhead p50 {row['overhead_p50_ms']:+.1f} ms, median of "
               f"per-query differences {row['paired_overhead_median_ms']:+.1f} ms (floor <= 5 ms at 4 shards); "
-              f"the same shards searched in this process: p50 {row['in_process']['p50_ms']:.1f} ms "
-              f"(Ray's own cost {row['ray_cost_p50_ms']:+.1f} ms); searches in one round: "
-              f"{100 * row['one_round_share']:.0f}% (mean {row['mean_rounds']:.2f} rounds); a round of empty calls "
-              f"to every shard: p50 {row['empty_fan_out']['p50_ms']:.2f} ms", flush=True)
+              f"searches in one round: {100 * row['one_round_share']:.0f}% (mean {row['mean_rounds']:.2f} rounds); "
+              f"a round of empty calls to every shard: p50 {row['empty_fan_out']['p50_ms']:.2f} ms; the same shards "
+              f"searched one after another in this process: p50 {row['in_process']['p50_ms']:.1f} ms (local index "
+              f"in that loop: {row['in_process']['local_p50_ms']:.1f} ms)", flush=True)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -112,8 +112,8 @@ def merge(parts: Sequence[Ranked], count: int, by: str = "scores") -> list[Ranke
 FanOut = Callable[[str, Any, "list[list[Ranked] | None] | None", "list[bool] | None"], "list[Round | None]"]
 """``fan_out(stage, params, selections, flags)``: runs a round on the shards (see :func:`run_search`)."""
 
-SPECULATION_SIGMAS = 4.0  # margin over a shard's expected share of the candidate cut (see above)
-RERANK_SPECULATION_SIGMAS = 2.5  # margin over a shard's expected share of the rerank cut (SciFact, 4 shards: 3% fall back)
+SPECULATION_SIGMAS = 3.0  # margin over a shard's expected share of the candidate cut (see above)
+RERANK_SPECULATION_SIGMAS = 2.5  # margin over its expected share of the rerank cut
 # Speculative reranking saves a round trip at the price of reranking more documents; a batch of
 # more queries than this shares one round trip, so it reranks exactly the global cut instead.
 SPECULATIVE_RERANK_QUERIES = 4
