@@ -2,10 +2,11 @@
 
 For 1, 2 and 4 shards of the 2-bit compressed SciFact index (resharded from the local one, so
 every shard shares its codec): single-query p50/p95 latency, queries per second in batches of
-32, and the coordinator's overhead (Ray p50 minus local p50; floor <= 5 ms at 4 shards); how
+32, and the coordinator's overhead (Ray p50 minus local p50, the local index timed with two
+torch threads and with one, each query's better time; floor <= 5 ms at 4 shards); how
 many searches took one round, what a round of empty calls to every shard costs, and the same
 shards searched one after another in this process (the work sharding adds). The local index and
-the Ray shards are timed in alternating passes over the queries (each query's best of 3 passes
+the Ray shards are timed in alternating passes over the queries (each query's best of 5 passes
 on each), so the machine's drifting load falls on both alike; the in-process shards against the
 local index in a loop of their own. Then the HTTP service (Ray Serve, 4 shards)
 under concurrent clients: QPS and p95. Results go to ``results/distributed.json``; run
@@ -30,7 +31,7 @@ import requests
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from engine import CACHE, DATA, LATENCY_QUERIES, LATENCY_REPEATS, RESULTS, batch_qps  # noqa: E402
+from engine import CACHE, DATA, LATENCY_QUERIES, RESULTS, batch_qps  # noqa: E402
 
 from lir_agent import Encoder, Index  # noqa: E402
 from lir_agent.distributed import RayIndex, ensure_ray  # noqa: E402
@@ -39,22 +40,40 @@ from lir_agent.eval import load_beir  # noqa: E402
 from lir_agent.sharded import ShardedIndex, reshard  # noqa: E402
 
 SHARD_COUNTS = (1, 2, 4)
+PASSES = 5  # passes over the latency queries per index; each query's best counts (this machine's speed swings)
 
 
 def interleaved_latencies(indexes: dict[str, object], queries: list[torch.Tensor]) -> dict[str, list[float]]:
-    """Per index, each query's best of LATENCY_REPEATS passes. The passes alternate between the
+    """Per index, each query's best of PASSES passes. The passes alternate between the
     indexes (a whole pass over the queries each, back to back, as a stream of single queries
     runs), so load that comes and goes over minutes hits each of them alike, while no search is
     timed right after another index's (whose processes may still be finishing)."""
     best = {name: [float("inf")] * len(queries) for name in indexes}
-    for repeat in range(LATENCY_REPEATS):
-        for name in list(indexes)[repeat % 2 :] + list(indexes)[: repeat % 2]:
+    names = list(indexes)
+    for repeat in range(PASSES):
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
             indexes[name].search(queries[0], k=10)  # warm-up
             for i, query in enumerate(queries):
                 start = time.perf_counter()
                 indexes[name].search(query, k=10)
                 best[name][i] = min(best[name][i], time.perf_counter() - start)
     return best
+
+
+class OneThread:
+    """An index searched with one torch thread (on this machine two threads are sometimes
+    slower: the local index is timed both ways and each query takes its better time)."""
+
+    def __init__(self, index: Index):
+        self.index = index
+
+    def search(self, *args, **kwargs):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self.index.search(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
 
 
 def rounds_per_search(index: RayIndex, queries: list[torch.Tensor]) -> list[int]:
@@ -138,13 +157,16 @@ def main() -> None:
         with RayIndex.open(path, num_cpus_per_shard=2 / count) as index:
             expected = [[h.id for h in local.search(q, k=10)] for q in queries[:30]]
             assert [[h.id for h in index.search(q, k=10)] for q in queries[:30]] == expected, "results differ"
-            seconds = interleaved_latencies({"local": local, "ray": index}, queries[:LATENCY_QUERIES])
+            seconds = interleaved_latencies({"local": local, "local_1_thread": OneThread(local), "ray": index},
+                                            queries[:LATENCY_QUERIES])
+            seconds["local"] = np.minimum(seconds["local"], seconds.pop("local_1_thread")).tolist()
             rounds = rounds_per_search(index, queries[:LATENCY_QUERIES])
             row = {"shards": count, **summary(seconds["ray"]), "qps_batch32": batch_qps(index, queries),
                    "local": summary(seconds["local"]), "one_round_share": rounds.count(1) / len(rounds),
                    "mean_rounds": float(np.mean(rounds)), "empty_fan_out": summary(empty_fan_out_seconds(index))}
-        in_process = interleaved_latencies({"local": local, "in_process": ShardedIndex.open(path)},
-                                           queries[:LATENCY_QUERIES])
+        in_process = interleaved_latencies({"local": local, "local_1_thread": OneThread(local),
+                                            "in_process": ShardedIndex.open(path)}, queries[:LATENCY_QUERIES])
+        in_process["local"] = np.minimum(in_process["local"], in_process.pop("local_1_thread")).tolist()
         row["in_process"] = {**summary(in_process["in_process"]), "local_p50_ms": summary(in_process["local"])["p50_ms"]}
         row["overhead_p50_ms"] = row["p50_ms"] - row["local"]["p50_ms"]
         row["paired_overhead_median_ms"] = 1e3 * float(np.median(np.subtract(seconds["ray"], seconds["local"])))
