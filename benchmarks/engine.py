@@ -116,7 +116,7 @@ def candidate_ceiling(index: Index, exact_vectors: dict, queries, exact_top: lis
     settings = index._engine.search_params(10, params)  # benchmark-only look inside the pipeline
     for query, expected in zip(queries, exact_top):
         probe = index.search_round("probe", index.prepare_queries([query]), 10, settings)
-        survivors = merge(merge(probe.ranked[:1], settings.candidates), settings.rerank, by_interaction=True)[0]
+        survivors = merge(merge(probe.ranked[:1], settings.candidates), settings.rerank, by="interaction")[0]
         ids = [index._segments[s].documents[row].id for s, row in zip(survivors.segments, survivors.rows)]
         packed = PackedEmbeddings.from_list([exact_vectors[i] for i in ids])
         _, best = maxsim_topk([query], packed.tokens, packed.offsets, 10)
