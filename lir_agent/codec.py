@@ -31,6 +31,7 @@ ROW_TYPES = {2: torch.int16, 4: torch.int32, 8: torch.float64, 16: torch.complex
 # Residual products run in bfloat16 on CPUs that compute it natively (about 1.5x faster reranking;
 # the bfloat16 rounding of q·r, a small term, moves scores by ~1e-3); float32 elsewhere.
 NATIVE_CPU_BF16 = bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+BF16_ROWS = 128  # bfloat16 products take a multiple of this many tokens (few shapes, few compiled kernels)
 SAMPLE_PER_CENTROID = 32
 MIN_SAMPLE = 100_000
 
@@ -160,8 +161,13 @@ class ResidualCodec:
         ``(q·c + q·r) · scale`` (``centroid_scores``: the query against every centroid)."""
         if self.nbits == 16:
             return query @ residuals.float().T
-        dtype = torch.bfloat16 if query.device.type == "cpu" and NATIVE_CPU_BF16 else torch.float32
-        residual_scores = (query.to(dtype) @ self._dequantize(residuals, query.device, dtype).T).float()
+        if query.device.type == "cpu" and NATIVE_CPU_BF16:
+            rows = residuals.shape[0]  # padded to a multiple of BF16_ROWS: oneDNN compiles a kernel per shape
+            padded = torch.nn.functional.pad(residuals, (0, 0, 0, -rows % BF16_ROWS))
+            values = self._dequantize(padded, query.device, torch.bfloat16)
+            residual_scores = (query.to(torch.bfloat16) @ values.T)[:, :rows].float()
+        else:
+            residual_scores = query @ self._dequantize(residuals, query.device).T
         return residual_scores.add_(centroid_scores.index_select(1, codes.long())).mul_(scales.float())
 
     def _dequantize(self, residuals: torch.Tensor, device: str | torch.device,
