@@ -430,10 +430,8 @@ class Index:
                 return self._with_documents(Round(generation, self._engine.exact_round(stores, masks, prepared, k)))
             ranked, probed = self._engine.probe_round(stores, masks, prepared, params, flags)
             for part in ranked:  # the documents of the shard's best k by exact score go with them
-                best = np.argsort(-np.nan_to_num(part.exact, nan=-np.inf), kind="stable")[:k]
-                part.documents = [None] * len(part)
-                for i in best[~np.isnan(part.exact[best])]:
-                    part.documents[i] = self._segments[part.segments[i]].documents[part.rows[i]]
+                known = part.known("exact")
+                self._attach_documents(part, known[np.argsort(-part.exact[known], kind="stable")[:k]])
             return Round(generation, ranked, probed)
         for part in selection:
             if len(part) and (part.segments.max() >= len(stores) or
@@ -449,8 +447,14 @@ class Index:
 
     def _with_documents(self, round_: Round) -> Round:
         for ranked in round_.ranked:
-            ranked.documents = [self._segments[s].documents[row] for s, row in zip(ranked.segments, ranked.rows)]
+            self._attach_documents(ranked, range(len(ranked)))
         return round_
+
+    def _attach_documents(self, ranked: Ranked, positions: Iterable[int]) -> None:
+        """Sets ``ranked.documents``: the documents of the entries at ``positions``, None elsewhere."""
+        ranked.documents = [None] * len(ranked)
+        for i in positions:
+            ranked.documents[i] = self._segments[ranked.segments[i]].documents[ranked.rows[i]]
 
     # ---------------------------------------------------------------- writing
     def add(self, documents: Sequence[Document | Mapping[str, Any]], *,

@@ -88,11 +88,15 @@ class Round:
 
 
 def concatenate(parts: Sequence[Ranked]) -> Ranked:
+    """The entries of ``parts`` one after another, with their scores and, where any part has
+    them, documents (None for the entries of parts without)."""
     if not parts:
         return Ranked.empty()
+    documents = (None if all(p.documents is None for p in parts)
+                 else [d for p in parts for d in (p.documents if p.documents is not None else [None] * len(p))])
     return Ranked(np.concatenate([p.scores for p in parts]).astype(np.float32, copy=False),
                   np.concatenate([p.segments for p in parts]).astype(np.int64, copy=False),
-                  np.concatenate([p.rows for p in parts]).astype(np.int64, copy=False))
+                  np.concatenate([p.rows for p in parts]).astype(np.int64, copy=False), documents)
 
 
 class StaleSearchError(LIRError):
@@ -161,8 +165,7 @@ def run_search(kind: str, fan_out: FanOut, num_queries: int, num_shards: int, k:
                 if answer is not None and len(answer.ranked[q]):  # else missing (partial): NaN sorts last
                     part.interaction[np.isnan(part.interaction)] = answer.ranked[q].scores
     selected = [merge(parts, params.rerank, by="interaction") for parts in candidates]
-    final = [[_rescored(part.take(part.known("exact")), part.exact[part.known("exact")]) for part in parts]
-             for parts in selected]
+    final = [[_exact_scored(part) for part in parts] for parts in selected]
     unranked = _unknown(selected, "exact")
     if any(selection is not None for selection in unranked):
         answers = fan_out("rerank", params, unranked, None)  # each shard's best k of what it had left
@@ -170,7 +173,7 @@ def run_search(kind: str, fan_out: FanOut, num_queries: int, num_shards: int, k:
         for q, parts in enumerate(final):
             for s, answer in enumerate(answers):
                 if answer is not None:
-                    parts[s] = _joined(parts[s], answer.ranked[q])
+                    parts[s] = concatenate([parts[s], answer.ranked[q]])
     hits = _top_k(final, k)
     _fetch_documents(fan_out, params, hits, num_shards, generation)
     return [[(hit.score, hit.shard, hit.document) for hit in query_hits] for query_hits in hits]
@@ -229,15 +232,10 @@ def _unknown(table: list[list[Ranked]], field_name: str) -> list[list[Ranked] | 
     return result
 
 
-def _rescored(part: Ranked, scores: np.ndarray) -> Ranked:
-    return Ranked(scores, part.segments, part.rows, part.documents)
-
-
-def _joined(a: Ranked, b: Ranked) -> Ranked:
-    """Entries of ``a`` then ``b``, with their scores and documents (None where absent)."""
-    documents = [*(a.documents or [None] * len(a)), *(b.documents or [None] * len(b))]
-    return Ranked(np.concatenate([a.scores, b.scores]).astype(np.float32, copy=False),
-                  np.concatenate([a.segments, b.segments]), np.concatenate([a.rows, b.rows]), documents)
+def _exact_scored(part: Ranked) -> Ranked:
+    """The entries of ``part`` that have an exact score, scored by it."""
+    known = part.take(part.known("exact"))
+    return Ranked(known.exact, known.segments, known.rows, known.documents)
 
 
 def _per_query(rounds: list[Round], num_queries: int) -> list[list[Ranked]]:
