@@ -3,12 +3,14 @@ request batching, and 4xx (never 500) answers to bad requests."""
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -25,9 +27,21 @@ TOKEN = "s3cret-token"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port between Ray's worker ports (10002-19999 by default) and the kernel's ephemeral
+    range. A port the kernel hands out (bind to port 0) is free now, but the Ray servers started
+    before Serve's proxy binds it take ephemeral ports too: one took the port a CI run's proxy was
+    given. Ray's fixed defaults (6379, 8265, ...) lie below this window."""
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    candidates = list(range(20000, ephemeral_low))
+    random.shuffle(candidates)
+    for port in candidates:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 @pytest.fixture(scope="module")
