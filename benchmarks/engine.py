@@ -9,9 +9,9 @@ For each mode (fp16, 4-, 2-, 1-bit) and a small grid of search settings it print
 (corpus A), top-10 overlap with exact search, the overlap of the final candidates scored exactly
 (what candidate generation alone would allow: the rest is lost to residual precision), p50/p95
 single-query latency (each query's best of LATENCY_REPEATS passes, exact search too), the speed-up
-over exact search measured in one loop (exact and default settings in alternating passes over the
-same queries, each query's best of PASSES: this machine's speed swings from minute to minute, so
-latencies measured minutes apart do not divide fairly), batch-of-32 QPS, bytes per token on disk,
+over exact search measured in one loop (each query searched with exact search and with default
+settings back to back, each query's best of PASSES: this machine's speed swings from minute to
+minute, so latencies measured minutes apart do not divide fairly), batch-of-32 QPS, bytes per token on disk,
 peak resident memory of a process that opens the index and searches, and build time excluding
 encoding. Results go to
 benchmarks/results/engine.json and a latency-vs-overlap plot engine.png.
@@ -52,7 +52,7 @@ GRID = [dict(nprobe=4, candidates=128, rerank=32), dict(), dict(nprobe=16, candi
 MODE_NAMES = {16: "fp16", 4: "4-bit", 2: "2-bit", 1: "1-bit"}
 LATENCY_QUERIES = 100
 LATENCY_REPEATS = 3  # passes over the latency queries; each query's best counts
-PASSES = 5  # alternating passes when indexes are compared in one loop (this machine's speed swings)
+PASSES = 5  # searches per query when indexes are compared in one loop (this machine's speed swings)
 SAME_LOOP_QUERIES = 30  # exact search takes ~0.35 s a query
 
 
@@ -106,17 +106,18 @@ def timed_searches(index: Index, queries: list[torch.Tensor], repeats: int = 1, 
     return hits, seconds
 
 
-def interleaved_latencies(indexes: dict[str, object], queries: list[torch.Tensor]) -> dict[str, list[float]]:
-    """Per index, each query's best of PASSES passes. The passes alternate between the
-    indexes (a whole pass over the queries each, back to back, as a stream of single queries
-    runs), so load that comes and goes over minutes hits each of them alike, while no search is
-    timed right after another index's (whose processes may still be finishing)."""
+def paired_latencies(indexes: dict[str, Index], queries: list[torch.Tensor]) -> dict[str, list[float]]:
+    """For two indexes, each query's best of PASSES searches on each, the two searches of a query
+    back to back in an order that flips every query and every pass: both are timed in the same
+    seconds, whatever state the machine is in (sustained load slowed it by up to 1.5x after ten
+    seconds or so; whole passes of a 0.4 s exact search and a 15 ms compressed one would not)."""
     best = {name: [float("inf")] * len(queries) for name in indexes}
-    names = list(indexes)
+    for name, index in indexes.items():
+        index.search(queries[0], k=10)  # warm-up
     for repeat in range(PASSES):
-        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
-            indexes[name].search(queries[0], k=10)  # warm-up
-            for i, query in enumerate(queries):
+        for i, query in enumerate(queries):
+            names = list(indexes) if (i + repeat) % 2 else list(indexes)[::-1]
+            for name in names:
                 start = time.perf_counter()
                 indexes[name].search(query, k=10)
                 best[name][i] = min(best[name][i], time.perf_counter() - start)
@@ -167,7 +168,7 @@ def measure(path: str, queries, qids, qrels, exact_top, exact_path, grid, out) -
         exact_vectors = {i: exact.get_embeddings(i) for i in exact.ids()}
         for row, params in zip(rows, grid):
             row["candidate_overlap@10"] = candidate_ceiling(index, exact_vectors, queries, exact_top, params)
-        same_loop = interleaved_latencies({"exact": exact, "compressed": index}, queries[:SAME_LOOP_QUERIES])
+        same_loop = paired_latencies({"exact": exact, "compressed": index}, queries[:SAME_LOOP_QUERIES])
         exact_p50, p50 = (1e3 * float(np.median(same_loop[name])) for name in ("exact", "compressed"))
         rows[grid.index({})]["same_loop"] = {"exact_p50_ms": exact_p50, "p50_ms": p50, "speedup": exact_p50 / p50}
     out.put({"rows": rows, "peak_rss_mb": peak_rss_mb, "info": index.info()})
