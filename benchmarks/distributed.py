@@ -75,6 +75,14 @@ class OneThread:
             torch.set_num_threads(threads)
 
 
+def against_local(local: Index, name: str, index: object, queries: list[torch.Tensor]) -> dict[str, list[float]]:
+    """``interleaved_latencies`` of ``index`` (as ``name``) and of the local index, the local
+    index's time per query being the better of two threads and one (see OneThread)."""
+    seconds = interleaved_latencies({"local": local, "local_1_thread": OneThread(local), name: index}, queries)
+    seconds["local"] = np.minimum(seconds["local"], seconds.pop("local_1_thread")).tolist()
+    return seconds
+
+
 def rounds_per_search(index: RayIndex, queries: list[torch.Tensor]) -> list[int]:
     """How many rounds (fan-outs to the shards) each single-query search took."""
     fan_out, counts = index.shards.fan_out, []
@@ -156,16 +164,12 @@ def main() -> None:
         with RayIndex.open(path, num_cpus_per_shard=2 / count) as index:
             expected = [[h.id for h in local.search(q, k=10)] for q in queries[:30]]
             assert [[h.id for h in index.search(q, k=10)] for q in queries[:30]] == expected, "results differ"
-            seconds = interleaved_latencies({"local": local, "local_1_thread": OneThread(local), "ray": index},
-                                            queries[:LATENCY_QUERIES])
-            seconds["local"] = np.minimum(seconds["local"], seconds.pop("local_1_thread")).tolist()
+            seconds = against_local(local, "ray", index, queries[:LATENCY_QUERIES])
             rounds = rounds_per_search(index, queries[:LATENCY_QUERIES])
             row = {"shards": count, **summary(seconds["ray"]), "qps_batch32": batch_qps(index, queries),
                    "local": summary(seconds["local"]), "one_round_share": rounds.count(1) / len(rounds),
                    "mean_rounds": float(np.mean(rounds)), "empty_fan_out": summary(empty_fan_out_seconds(index))}
-        in_process = interleaved_latencies({"local": local, "local_1_thread": OneThread(local),
-                                            "in_process": ShardedIndex.open(path)}, queries[:LATENCY_QUERIES])
-        in_process["local"] = np.minimum(in_process["local"], in_process.pop("local_1_thread")).tolist()
+        in_process = against_local(local, "in_process", ShardedIndex.open(path), queries[:LATENCY_QUERIES])
         row["in_process"] = {**summary(in_process["in_process"]), "local_p50_ms": summary(in_process["local"])["p50_ms"]}
         row["overhead_p50_ms"] = row["p50_ms"] - row["local"]["p50_ms"]
         row["paired_overhead_median_ms"] = 1e3 * float(np.median(np.subtract(seconds["ray"], seconds["local"])))

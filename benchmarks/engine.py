@@ -11,10 +11,10 @@ For each mode (fp16, 4-, 2-, 1-bit) and a small grid of search settings it print
 single-query latency (each query's best of LATENCY_REPEATS passes, exact search too), the speed-up
 over exact search measured in one loop (each query searched with exact search and with default
 settings back to back, each query's best of PASSES: this machine's speed swings from minute to
-minute, so latencies measured minutes apart do not divide fairly), batch-of-32 QPS, bytes per token on disk,
-peak resident memory of a process that opens the index and searches, and build time excluding
-encoding. Results go to
-benchmarks/results/engine.json and a latency-vs-overlap plot engine.png.
+minute, so latencies measured minutes apart do not divide fairly), batch-of-32 QPS, bytes per
+token on disk, peak resident memory of a process that opens the index and searches, and build
+time excluding encoding. Results go to benchmarks/results/engine.json and a latency-vs-overlap
+plot engine.png.
 
     python benchmarks/engine.py [--modes 16 4 2 1] [--sections modes pca b] [--corpus-b-tokens 10000000]
 

@@ -164,11 +164,9 @@ class ResidualCodec:
             return query @ residuals.float().T
         if query.device.type == "cpu" and NATIVE_CPU_BF16:
             # both sides padded (oneDNN compiles and keeps a kernel per shape), the padding cut off
-            rows, tokens = residuals.shape[0], query.shape[0]
-            padded = torch.nn.functional.pad(residuals, (0, 0, 0, -rows % BF16_ROWS))
-            values = self._dequantize(padded, query.device, torch.bfloat16)
-            padded_query = torch.nn.functional.pad(query.to(torch.bfloat16), (0, 0, 0, -tokens % BF16_QUERY_ROWS))
-            residual_scores = (padded_query @ values.T)[:tokens, :rows].float()
+            values = self._dequantize(_pad_rows(residuals, BF16_ROWS), query.device, torch.bfloat16)
+            products = _pad_rows(query.to(torch.bfloat16), BF16_QUERY_ROWS) @ values.T
+            residual_scores = products[: query.shape[0], : residuals.shape[0]].float()
         else:
             residual_scores = query @ self._dequantize(residuals, query.device).T
         return residual_scores.add_(centroid_scores.index_select(1, codes.long())).mul_(scales.float())
@@ -266,3 +264,8 @@ def _pack(buckets: torch.Tensor, nbits: int) -> np.ndarray:
     grouped = buckets.reshape(buckets.shape[0], -1, per_byte).to(torch.int32)
     shifts = torch.arange(per_byte - 1, -1, -1, dtype=torch.int32) * nbits
     return (grouped << shifts).sum(dim=2).to(torch.uint8).numpy()
+
+
+def _pad_rows(matrix: torch.Tensor, multiple: int) -> torch.Tensor:
+    """``matrix`` with zero rows appended up to a multiple of ``multiple`` rows."""
+    return torch.nn.functional.pad(matrix, (0, 0, 0, -matrix.shape[0] % multiple))
