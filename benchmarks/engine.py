@@ -136,11 +136,12 @@ def candidate_ceiling(index: Index, exact_vectors: dict, queries, exact_top: lis
     """Top-10 overlap with exact search if the final candidates were scored with the exact
     index's vectors (``exact_vectors``: id -> float16 token matrix)."""
     overlaps = []
-    settings = index._engine.search_params(10, params)  # benchmark-only look inside the pipeline
+    state = index._state  # benchmark-only look inside the pipeline
+    settings = state.engine.search_params(10, params)
     for query, expected in zip(queries, exact_top):
         probe = index.search_round("probe", index.prepare_queries([query]), 10, settings)
         survivors = merge(merge(probe.ranked[:1], settings.candidates), settings.rerank, by="interaction")[0]
-        ids = [index._segments[s].documents[row].id for s, row in zip(survivors.segments, survivors.rows)]
+        ids = [state.segments[s].documents[row].id for s, row in zip(survivors.segments, survivors.rows)]
         packed = PackedEmbeddings.from_list([exact_vectors[i] for i in ids])
         _, best = maxsim_topk([query], packed.tokens, packed.offsets, 10)
         overlaps.append(len({ids[i] for i in best[0].tolist()} & set(expected)) / 10)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import json
+import os
 import random
 import shutil
+import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
@@ -26,16 +29,17 @@ from .errors import (
     EncoderMismatchError,
     IndexCorruptedError,
     InvalidInputError,
-    LIRError,
     NotAnIndexError,
 )
 from .engines.pipeline import Ranked, Round, StaleSearchError, run_search
 from .filters import Filter, compile_filter
+from .text import check_json, check_text
 MAX_K = 100_000
 MAX_SEGMENTS = 32  # above this many segments a write also compacts
 AUTO_COMPRESS_TOKENS = 250_000  # index_type="auto" switches from exact to compressed here
 CODEC_SAMPLE_TOKENS = 400_000  # token vectors drawn (whole documents) to train a codec
 ENCODE_CHUNK_DOCS = 1024  # documents encoded per batch when an index is rewritten
+CATCH_UP_ATTEMPTS = 3  # a reader catching up retries when a newer commit removed the files it was reading
 IndexType = Literal["auto", "exact", "compressed"]
 
 
@@ -69,26 +73,28 @@ class _Segment:
 
 
 def _as_document(item: Document | Mapping[str, Any], position: int) -> Document:
-    """Accepts a Document or a mapping with "id"/"_id", "text", optional "title" and "metadata"."""
+    """Accepts a Document or a mapping with "id"/"_id", "text", optional "title" and "metadata".
+    Every string in it must be text (no lone surrogates: :mod:`lir_agent.text`)."""
+    title = None
     if isinstance(item, Document):
         doc = Document(item.id, item.text, dict(item.metadata))
     elif isinstance(item, Mapping):
-        doc_id = item.get("id", item.get("_id"))
-        text = item.get("text")
         title = item.get("title")
-        metadata = dict(item.get("metadata") or {})
-        if isinstance(title, str) and title.strip():
-            metadata.setdefault("title", title)
-            text = f"{title}. {text}" if isinstance(text, str) and text.strip() else text
-        doc = Document(doc_id, text, metadata)
+        doc = Document(item.get("id", item.get("_id")), item.get("text"), dict(item.get("metadata") or {}))
     else:
         raise InvalidInputError(f"document #{position} is a {type(item).__name__}, expected a dict or Document")
     if not isinstance(doc.id, str) or not doc.id:
         raise InvalidInputError(f"document #{position} needs a non-empty string id, got {doc.id!r}")
+    check_text(doc.id, f"document #{position} id")
     if not isinstance(doc.text, str) or not doc.text.strip():
         raise InvalidInputError(f"document {doc.id!r} has an empty text")
+    check_text(doc.text, f"document {doc.id!r} text")
     if not isinstance(doc.metadata, dict):
         raise InvalidInputError(f"document {doc.id!r}: metadata must be a dict")
+    check_json(doc.metadata, f"document {doc.id!r} metadata")
+    if isinstance(title, str) and title.strip():
+        doc.metadata.setdefault("title", check_text(title, f"document {doc.id!r} title"))
+        doc.text = f"{title}. {doc.text}"
     try:
         json.dumps(doc.metadata)
     except (TypeError, ValueError) as exc:
@@ -115,6 +121,7 @@ def query_matrices(queries: Sequence[Any], dim: int, encoder: Callable[[], Encod
     for i, text in texts:
         if not text.strip():
             raise InvalidInputError(f"query #{i} is empty or whitespace")
+        check_text(text, f"query #{i}")
     matrices: list[torch.Tensor | None] = [None] * len(queries)
     for i, q in enumerate(queries):
         if not isinstance(q, str):
@@ -156,6 +163,48 @@ def check_matrix(matrix: Any, dim: int, what: str) -> torch.Tensor:
     return tensor.detach().cpu()
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    """One committed generation of an index, never changed once built. A search or read takes
+    the current snapshot once and uses it throughout; a write builds a new one and swaps it in,
+    so no answer ever mixes two generations (a row number always means the same document)."""
+
+    manifest: dict[str, Any]
+    engine: ExactEngine | CompressedEngine
+    segments: tuple[_Segment, ...]
+    where: dict[str, tuple[int, int]]  # live id -> (segment, row)
+    stamp: tuple[int, int, int] | None  # identity of the manifest file it was read from (see _manifest_stamp)
+
+    @property
+    def generation(self) -> int:
+        return self.manifest["generation"]
+
+    def live(self) -> Iterator[tuple[_Segment, int, Document]]:
+        for segment in self.segments:
+            for row, doc in enumerate(segment.documents):
+                if not segment.deleted[row]:
+                    yield segment, row, doc
+
+    def live_tokens(self) -> int:
+        return sum(int(s.lengths[~s.deleted].sum()) for s in self.segments)
+
+    def locate(self, doc_id: str) -> tuple[_Segment, int]:
+        if not isinstance(doc_id, str) or doc_id not in self.where:
+            raise DocumentNotFoundError(f"no document with id {doc_id!r}")
+        s, row = self.where[doc_id]
+        return self.segments[s], row
+
+
+def _manifest_stamp(path: Path) -> tuple[int, int, int] | None:
+    """(inode, mtime in ns, size) of an index's manifest file, None if it is missing: a commit
+    replaces the file by a rename, so a new stamp means a new generation may be there."""
+    try:
+        st = os.stat(path / storage.MANIFEST)
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 class Index:
     """A directory-backed late-interaction index.
 
@@ -163,28 +212,31 @@ class Index:
     "compressed" stores centroid codes + ``nbits`` residuals and searches in three stages (see
     :mod:`lir_agent.engines.compressed`); "auto" (the default) is exact until the corpus reaches
     ``AUTO_COMPRESS_TOKENS`` tokens and compressed from then on. Every ``add``/``upsert``/
-    ``delete`` is durable when it returns. One process writes at a time (a lock file enforces
-    it); any number may read.
+    ``delete`` is durable when it returns.
+
+    Concurrency: one object may be shared by threads. Every search and read runs on one
+    immutable snapshot of the index; writes are serialised (a lock per object, a lock file
+    across processes) and publish a new snapshot atomically. Any number of processes may read
+    while one writes: every read first checks the manifest file's identity (one ``stat``) and
+    catches up with a generation another process committed.
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any], settings: EncoderSettings,
-                 encoder: Encoder | None, device: str):
+                 encoder: Encoder | None, device: str, stamp: tuple[int, int, int] | None = None):
         self.path = path
         self.settings = settings
         self._encoder = encoder
         self.device = device
-        self._manifest = manifest
-        self._engine = self._make_engine(manifest)
-        self._segments: list[_Segment] = []
-        self._where: dict[str, tuple[int, int]] = {}
-        self._apply(manifest)
+        self._lock = threading.RLock()  # writers and catch-ups of this object, one at a time
+        self._state = self._build(manifest, self._make_engine(manifest), stamp)
 
     # ---------------------------------------------------------------- opening
     @classmethod
     def create(cls, path: str | Path, encoder: Encoder | str | None = None, *, index_type: IndexType = "auto",
                nbits: int = 2, projection_dim: int | None = None, num_centroids: int | None = None,
                codec: ResidualCodec | None = None, exist_ok: bool = False, device: str = "cpu") -> "Index":
-        """Creates an empty index at ``path``. ``encoder``: an Encoder, a model name/path, or the default.
+        """Creates an empty index at ``path`` (resolved to an absolute path here, once).
+        ``encoder``: an Encoder, a model name/path, or the default.
 
         ``nbits`` (1, 2, 4, or 16 for float16), ``projection_dim`` (PCA of the token space,
         fitted on the corpus) and ``num_centroids`` (default: grows with the square root of the
@@ -192,7 +244,7 @@ class Index:
         another index, or shared by the shards of one), which makes the index compressed from
         the start; then the other compression settings are its own.
         """
-        path = Path(path)
+        path = Path(path).resolve()
         if (path / storage.MANIFEST).exists():
             if exist_ok:
                 return cls.open(path, encoder=encoder, device=device)
@@ -233,16 +285,19 @@ class Index:
         if codec is not None:
             manifest["index_type"], manifest["codec"] = "compressed", _save_codec(path, codec, generation=0)
         storage.write_json_atomic(path / storage.MANIFEST, manifest)
-        return cls(path, manifest, encoder.settings, encoder, device)
+        return cls(path, manifest, encoder.settings, encoder, device, _manifest_stamp(path))
 
     @classmethod
     def open(cls, path: str | Path, encoder: Encoder | str | None = None, *, device: str = "cpu") -> "Index":
-        """Opens an index. Without ``encoder`` the one it was built with is loaded when first needed;
-        with one, its settings must match the index's or EncoderMismatchError is raised."""
-        path = Path(path)
+        """Opens an index (``path`` is resolved to an absolute path here, once: a later change of
+        working directory does not change which index this object reads and writes). Without
+        ``encoder`` the one it was built with is loaded when first needed; with one, its
+        settings must match the index's or EncoderMismatchError is raised."""
+        path = Path(path).resolve()
         if (path / "shards.json").exists():
             raise NotAnIndexError(f"{path} is a sharded index: open it with lir_agent.sharded.ShardedIndex.open "
                                   "or lir_agent.distributed.RayIndex.open")
+        stamp = _manifest_stamp(path)
         manifest = storage.read_manifest(path)
         try:
             settings = EncoderSettings.from_dict(manifest["encoder"])
@@ -251,7 +306,7 @@ class Index:
         if encoder is not None:
             encoder = encoder if isinstance(encoder, Encoder) else Encoder.from_pretrained(encoder)
             check_encoder(encoder.settings, settings, path)
-        return cls(path, manifest, settings, encoder, device)
+        return cls(path, manifest, settings, encoder, device, stamp)
 
     def _make_engine(self, manifest: dict[str, Any]) -> ExactEngine | CompressedEngine:
         if manifest["index_type"] == "exact":
@@ -262,25 +317,60 @@ class Index:
         except (OSError, ValueError, KeyError) as exc:
             raise IndexCorruptedError(f"{codec_dir}: the codec cannot be read ({exc})") from exc
 
-    def _apply(self, manifest: dict[str, Any]) -> None:
-        """Brings the in-memory state to ``manifest`` (reusing segments that are already open)."""
-        loaded = {seg.entry["name"]: seg for seg in self._segments}
+    def _build(self, manifest: dict[str, Any], engine: ExactEngine | CompressedEngine,
+               stamp: tuple[int, int, int] | None) -> _Snapshot:
+        """A snapshot of ``manifest``, reusing the segments of the current snapshot that it names
+        (when ``engine`` is the current one); the current snapshot is left untouched."""
+        current = getattr(self, "_state", None)
+        loaded = {seg.entry["name"]: seg for seg in current.segments} if current and current.engine is engine else {}
         segments = []
         for entry in manifest["segments"]:
+            deleted = np.zeros(entry["num_docs"], dtype=bool)
+            deleted[np.asarray(entry["deleted"], dtype=np.int64)] = True
             segment = loaded.get(entry["name"])
             if segment is None:
                 data = storage.read_segment(self.path, entry)
                 documents = [Document(r["id"], r["text"], r.get("metadata") or {}) for r in data.records]
-                segment = _Segment(entry, self._engine.open(data, self.device), np.diff(data.offsets), documents,
-                                   np.zeros(0, dtype=bool))
-            segment.entry = entry
-            segment.deleted = np.zeros(entry["num_docs"], dtype=bool)
-            segment.deleted[np.asarray(entry["deleted"], dtype=np.int64)] = True
-            segments.append(segment)
-        self._segments = segments
-        self._manifest = manifest
-        self._where = {doc.id: (s, row) for s, segment in enumerate(segments)
-                       for row, doc in enumerate(segment.documents) if not segment.deleted[row]}
+                segments.append(_Segment(entry, engine.open(data, self.device), np.diff(data.offsets), documents, deleted))
+            else:
+                segments.append(replace(segment, entry=entry, deleted=deleted))
+        where = {doc.id: (s, row) for s, segment in enumerate(segments)
+                 for row, doc in enumerate(segment.documents) if not segment.deleted[row]}
+        return _Snapshot(manifest, engine, tuple(segments), where, stamp)
+
+    def _snapshot(self) -> _Snapshot:
+        """The current snapshot, after catching up with a generation another process committed
+        (one ``stat`` of the manifest when nothing changed)."""
+        state = self._state
+        if _manifest_stamp(self.path) != state.stamp:
+            with self._lock:
+                self._catch_up()
+                state = self._state
+        return state
+
+    def _catch_up(self) -> bool:
+        """Installs the generation on disk if it is not this object's (call under ``self._lock``);
+        returns whether it did. A generation whose files a newer commit already removed is
+        skipped for the newer one."""
+        for attempt in range(CATCH_UP_ATTEMPTS):
+            stamp = _manifest_stamp(self.path)
+            current = self._state
+            if stamp == current.stamp:
+                return False
+            manifest = storage.read_manifest(self.path)
+            if manifest["generation"] == current.generation:
+                self._state = replace(current, stamp=stamp)
+                return False
+            same_codec = (manifest["index_type"], (manifest["codec"] or {}).get("dir")) == \
+                (current.manifest["index_type"], (current.manifest["codec"] or {}).get("dir"))
+            try:
+                engine = current.engine if same_codec else self._make_engine(manifest)
+                self._state = self._build(manifest, engine, stamp)
+                return True
+            except (IndexCorruptedError, OSError):
+                if attempt == CATCH_UP_ATTEMPTS - 1 or _manifest_stamp(self.path) == stamp:
+                    raise  # really damaged, not just superseded
+        return False
 
     @property
     def encoder(self) -> Encoder:
@@ -294,79 +384,67 @@ class Index:
     @property
     def dim(self) -> int:
         """Dimension of the encoder's token vectors (queries and documents are given in it)."""
-        return self._manifest["dim"]
+        return self._state.manifest["dim"]
 
     @property
     def index_type(self) -> str:
         """"exact" or "compressed": the engine the stored segments use now."""
-        return self._manifest["index_type"]
+        return self._snapshot().manifest["index_type"]
+
+    @property
+    def codec(self) -> ResidualCodec | None:
+        """The codec of a compressed index (None for an exact one)."""
+        engine = self._snapshot().engine
+        return engine.codec if isinstance(engine, CompressedEngine) else None
 
     # ---------------------------------------------------------------- reading
     def __len__(self) -> int:
-        return len(self._where)
+        return len(self._snapshot().where)
 
     def count(self, filter: Filter | None = None) -> int:
         """Number of live documents, optionally only those matching ``filter``."""
         predicate = compile_filter(filter)
+        state = self._snapshot()
         if predicate is None:
-            return len(self._where)
-        return sum(1 for _, _, doc in self._live() if predicate(doc.metadata))
+            return len(state.where)
+        return sum(1 for _, _, doc in state.live() if predicate(doc.metadata))
 
     def __contains__(self, doc_id: object) -> bool:
-        return doc_id in self._where
+        return doc_id in self._snapshot().where
 
     def ids(self) -> Iterator[str]:
-        return iter(list(self._where))
-
-    def _live(self) -> Iterator[tuple[_Segment, int, Document]]:
-        for segment in self._segments:
-            for row, doc in enumerate(segment.documents):
-                if not segment.deleted[row]:
-                    yield segment, row, doc
-
-    def _live_tokens(self) -> int:
-        return sum(int(s.lengths[~s.deleted].sum()) for s in self._segments)
-
-    def _locate(self, doc_id: str) -> tuple[_Segment, int]:
-        if doc_id not in self._where:
-            raise DocumentNotFoundError(f"no document with id {doc_id!r}")
-        s, row = self._where[doc_id]
-        return self._segments[s], row
+        return iter(list(self._snapshot().where))
 
     def get(self, doc_id: str) -> Document:
         """The stored document; DocumentNotFoundError if the id is unknown."""
-        segment, row = self._locate(doc_id)
+        segment, row = self._snapshot().locate(doc_id)
         doc = segment.documents[row]
         return Document(doc.id, doc.text, dict(doc.metadata))
 
     def get_embeddings(self, doc_id: str) -> torch.Tensor:
         """The (n_tokens, d) float16 token matrix of a document (decompressed in a compressed index,
         in the codec's projected space when it has a projection)."""
-        segment, row = self._locate(doc_id)
+        segment, row = self._snapshot().locate(doc_id)
         return segment.store.vectors(row)
 
     def existing(self, ids: Iterable[str]) -> list[str]:
         """Those of ``ids`` the index holds."""
-        return [i for i in ids if i in self._where]
+        where = self._snapshot().where
+        return [i for i in ids if i in where]
 
     def id_list(self) -> list[str]:
-        return list(self._where)
+        return list(self._snapshot().where)
 
     @property
     def generation(self) -> int:
         """Number of committed writes; changes with every add, delete, compaction or rewrite."""
-        return self._manifest["generation"]
+        return self._snapshot().generation
 
     def refresh(self) -> bool:
-        """Catches up with writes another process (or replica) committed; returns whether any."""
-        manifest = storage.read_manifest(self.path)
-        if manifest["generation"] == self._manifest["generation"]:
-            return False
-        if manifest["codec"] != self._manifest["codec"]:
-            self._segments = []
-            self._engine = self._make_engine(manifest)
-        self._apply(manifest)
-        return True
+        """Catches up with writes another process (or replica) committed; returns whether any.
+        (Searches and reads do this by themselves; this forces the check.)"""
+        with self._lock:
+            return self._catch_up()
 
     # ---------------------------------------------------------------- search
     def search(self, query: str | torch.Tensor | np.ndarray, k: int = 10, filter: Filter | None = None,
@@ -380,24 +458,27 @@ class Index:
 
     def search_batch(self, queries: Sequence[str | torch.Tensor | np.ndarray], k: int = 10,
                      filter: Filter | None = None, **search_params: int) -> list[list[SearchHit]]:
-        """Top-k documents for each query; centroid scoring / the exact scan is shared by the batch."""
+        """Top-k documents for each query; centroid scoring / the exact scan is shared by the batch.
+        The whole search runs on one snapshot of the index (writes committed meanwhile, by this
+        or another thread or process, are seen by the next search)."""
         k = check_k(k)
         if isinstance(queries, (str, torch.Tensor, np.ndarray)):
             raise InvalidInputError("search_batch takes a list of queries")
-        params = self._engine.search_params(k, search_params)
+        state = self._snapshot()
+        params = state.engine.search_params(k, search_params)
         compile_filter(filter)  # a bad filter fails before any work
         if len(queries) == 0:
             return []
-        prepared = self.prepare_queries(query_matrices(queries, self.dim, lambda: self.encoder))
+        prepared = state.engine.prepare_queries(query_matrices(queries, self.dim, lambda: self.encoder), self.device)
 
         def fan_out(stage: str, round_params: Any, selections: list[list[Ranked] | None] | None,
                     flags: list[bool] | None) -> list[Round | None]:
             if selections is not None and selections[0] is None:
                 return [None]
             selection = None if selections is None else selections[0]
-            return [self.search_round(stage, prepared, k, round_params, filter, selection, flags)]
+            return [self._round(state, stage, prepared, k, round_params, filter, selection, flags)]
 
-        ranked = run_search(self._engine.kind, fan_out, len(queries), 1, k, params)
+        ranked = run_search(state.engine.kind, fan_out, len(queries), 1, k, params)
         return [[SearchHit(doc.id, score, rank, doc.text, dict(doc.metadata))
                  for rank, (score, _, doc) in enumerate(hits, start=1)]
                 for hits in ranked]
@@ -405,56 +486,51 @@ class Index:
     def prepare_queries(self, matrices: list[torch.Tensor]) -> Any:
         """Query matrices made ready for :meth:`search_round` (for a compressed index: projected,
         and scored against every centroid)."""
-        return self._engine.prepare_queries(matrices, self.device)
+        return self._snapshot().engine.prepare_queries(matrices, self.device)
 
     def search_round(self, stage: str, prepared: Any, k: int, params: Any, filter: Filter | None = None,
                      selection: list[Ranked] | None = None, flags: list[bool] | None = None) -> Round:
         """One round of a search on this index alone: the part a shard plays in a sharded
-        search (see :mod:`lir_agent.engines.pipeline`). ``prepared``: the engine's prepared
-        queries (:meth:`prepare_queries`), or the query matrices as numpy arrays (a remote
-        shard prepares them itself: cheaper than receiving centroid scores); ``selection``: per
-        query, the documents of this index the round scores."""
+        search (see :mod:`lir_agent.engines.pipeline`), on the current snapshot (its generation
+        goes with the answer, so that the coordinator notices a write between rounds).
+        ``prepared``: the engine's prepared queries (:meth:`prepare_queries`), or the query
+        matrices as numpy arrays (a remote shard prepares them itself: cheaper than receiving
+        centroid scores); ``selection``: per query, the documents of this index the round scores."""
+        state = self._snapshot()
         if isinstance(prepared, list) and prepared and isinstance(prepared[0], np.ndarray):
-            prepared = self.prepare_queries([torch.from_numpy(m) for m in prepared])
-        stores = [segment.store for segment in self._segments]
-        generation = self._manifest["generation"]
+            prepared = state.engine.prepare_queries([torch.from_numpy(m) for m in prepared], self.device)
+        return self._round(state, stage, prepared, k, params, filter, selection, flags)
+
+    def _round(self, state: _Snapshot, stage: str, prepared: Any, k: int, params: Any, filter: Filter | None,
+               selection: list[Ranked] | None, flags: list[bool] | None) -> Round:
+        stores = [segment.store for segment in state.segments]
+        engine = state.engine
         if stage in ("exact", "probe"):
             predicate = compile_filter(filter)
             masks = []
-            for segment in self._segments:
+            for segment in state.segments:
                 eligible = ~segment.deleted
                 if predicate is not None:
                     eligible &= np.fromiter((predicate(d.metadata) for d in segment.documents), bool, len(segment.documents))
                 masks.append(None if eligible.all() else eligible)
             if stage == "exact":
-                return self._with_documents(Round(generation, self._engine.exact_round(stores, masks, prepared, k)))
-            ranked, probed = self._engine.probe_round(stores, masks, prepared, params, flags)
+                return _with_documents(state, Round(state.generation, engine.exact_round(stores, masks, prepared, k)))
+            ranked, probed = engine.probe_round(stores, masks, prepared, params, flags)
             for part in ranked:  # the documents of the shard's best k by exact score go with them
                 known = part.known("exact")
-                self._attach_documents(part, known[np.argsort(-part.exact[known], kind="stable")[:k]])
-            return Round(generation, ranked, probed)
+                _attach_documents(state, part, known[np.argsort(-part.exact[known], kind="stable")[:k]])
+            return Round(state.generation, ranked, probed)
         for part in selection:
             if len(part) and (part.segments.max() >= len(stores) or
-                              (part.rows >= np.asarray([s.entry["num_docs"] for s in self._segments])[part.segments]).any()):
+                              (part.rows >= np.asarray([s.entry["num_docs"] for s in state.segments])[part.segments]).any()):
                 raise StaleSearchError(f"{self.path} changed during the search")
         if stage == "documents":
-            return self._with_documents(Round(generation, selection))
+            return _with_documents(state, Round(state.generation, selection))
         if stage == "interaction":
-            return Round(generation, self._engine.interaction_round(stores, prepared, selection))
+            return Round(state.generation, engine.interaction_round(stores, prepared, selection))
         if stage != "rerank":
             raise InvalidInputError(f"unknown search round {stage!r}")
-        return self._with_documents(Round(generation, self._engine.rerank_round(stores, prepared, selection, k)))
-
-    def _with_documents(self, round_: Round) -> Round:
-        for ranked in round_.ranked:
-            self._attach_documents(ranked, range(len(ranked)))
-        return round_
-
-    def _attach_documents(self, ranked: Ranked, positions: Iterable[int]) -> None:
-        """Sets ``ranked.documents``: the documents of the entries at ``positions``, None elsewhere."""
-        ranked.documents = [None] * len(ranked)
-        for i in positions:
-            ranked.documents[i] = self._segments[ranked.segments[i]].documents[ranked.rows[i]]
+        return _with_documents(state, Round(state.generation, engine.rerank_round(stores, prepared, selection, k)))
 
     # ---------------------------------------------------------------- writing
     def add(self, documents: Sequence[Document | Mapping[str, Any]], *,
@@ -469,24 +545,22 @@ class Index:
         if not docs:
             return []
         if not upsert:
-            existing = [d.id for d in docs if d.id in self._where]
-            if existing:
-                raise DuplicateIdError(
-                    f"{len(existing)} id(s) already in the index, e.g. {existing[0]!r} (use upsert to replace)"
-                )
+            _check_new(self._snapshot(), docs)  # before the encoding work
         matrices = document_matrices(docs, embeddings, self.dim, lambda: self.encoder, batch_size, show_progress)
         with self._writing() as manifest:
-            replaced = [self._where[d.id] for d in docs if d.id in self._where]
-            _delete_rows(manifest, replaced)
+            state = self._state
+            if not upsert:
+                _check_new(state, docs)  # again: another writer may have added them meanwhile
+            _delete_rows(manifest, [state.where[d.id] for d in docs if d.id in state.where])
             compress = manifest["compress"]
             new_tokens = sum(int(m.shape[0]) for m in matrices)
-            if manifest["index_type"] == "exact" and compress and self._live_tokens() + new_tokens >= compress["min_tokens"]:
+            if manifest["index_type"] == "exact" and compress and state.live_tokens() + new_tokens >= compress["min_tokens"]:
                 self._rewrite_locked(manifest, extra=(docs, matrices))  # the corpus is now big enough to compress
                 return [d.id for d in docs]
-            payloads, stats = self._engine.encode(matrices)
-            entries = self._write_rows(manifest, docs, [int(m.shape[0]) for m in matrices], iter(payloads))
+            payloads, stats = state.engine.encode(matrices)
+            entries = self._write_rows(manifest, docs, [int(m.shape[0]) for m in matrices], iter(payloads), state.engine)
             _add_drift(manifest, stats)
-            self._commit(manifest, entries)
+            self._commit(manifest, entries, state.engine)
         return [d.id for d in docs]
 
     def upsert(self, documents: Sequence[Document | Mapping[str, Any]], **kwargs: Any) -> list[str]:
@@ -498,92 +572,77 @@ class Index:
         if isinstance(ids, str):
             ids = [ids]
         ids = list(dict.fromkeys(ids))
-        missing = [i for i in ids if i not in self._where]
-        if missing and not missing_ok:
-            raise DocumentNotFoundError(f"{len(missing)} unknown id(s), e.g. {missing[0]!r}; nothing was deleted")
-        present = [self._where[i] for i in ids if i in self._where]
-        if not present:
-            return 0
         with self._writing() as manifest:
-            _delete_rows(manifest, present)
-            self._commit(manifest, [])
+            state = self._state
+            missing = [i for i in ids if i not in state.where]
+            if missing and not missing_ok:
+                raise DocumentNotFoundError(f"{len(missing)} unknown id(s), e.g. {missing[0]!r}; nothing was deleted")
+            present = [state.where[i] for i in ids if i in state.where]
+            if present:
+                _delete_rows(manifest, present)
+                self._commit(manifest, [], state.engine)
         return len(present)
 
     def copy_from(self, source: "Index", ids: Sequence[str]) -> int:
         """Copies documents with their stored encoding from ``source``, which must have the same
         encoder and engine (and codec), replacing documents with the same ids; no re-encoding."""
         check_encoder(source.settings, self.settings, self.path)
-        if source.index_type != self.index_type or (
-                self.index_type == "compressed" and not source._engine.codec.same_as(self._engine.codec)):
-            raise InvalidInputError(f"{source.path} and {self.path} do not store vectors the same way "
-                                    "(index type or codec differ)")
-        located = [source._locate(i) for i in dict.fromkeys(ids)]
-        docs = [segment.documents[row] for segment, row in located]
+        origin = source._snapshot()
         with self._writing() as manifest:
-            _delete_rows(manifest, [self._where[d.id] for d in docs if d.id in self._where])
+            state = self._state
+            if origin.manifest["index_type"] != manifest["index_type"] or (
+                    manifest["index_type"] == "compressed" and not origin.engine.codec.same_as(state.engine.codec)):
+                raise InvalidInputError(f"{source.path} and {self.path} do not store vectors the same way "
+                                        "(index type or codec differ)")
+            located = [origin.locate(i) for i in dict.fromkeys(ids)]
+            docs = [segment.documents[row] for segment, row in located]
+            _delete_rows(manifest, [state.where[d.id] for d in docs if d.id in state.where])
             payloads = (segment.store.payload(row) for segment, row in located)
             lengths = [int(segment.lengths[row]) for segment, row in located]
-            self._commit(manifest, self._write_rows(manifest, docs, lengths, payloads))
+            self._commit(manifest, self._write_rows(manifest, docs, lengths, payloads, state.engine), state.engine)
         return len(docs)
 
     def compact(self) -> None:
         """Rewrites all live documents into as few segments as possible, dropping deleted rows (atomic)."""
         with self._writing() as manifest:
-            self._compact_locked(manifest)
+            self._compact_locked(manifest, self._state.engine)
 
     def drift(self) -> dict[str, float] | None:
         """Codec drift of a compressed index: mean residual norm of tokens added since the codec
         was trained, against the training figure (ratio > 1: new text fits the centroids worse)."""
-        if self.index_type != "compressed":
-            return None
-        stats = self._manifest["codec"]
-        reference = self._engine.codec.mean_residual_norm
-        added = stats["added_tokens"]
-        mean = stats["added_residual_norm_sum"] / added if added else reference
-        return {"added_tokens": added, "mean_residual_norm": mean, "reference": reference, "ratio": mean / reference}
+        return _drift(self._snapshot())
 
     def optimize(self, force: bool = False, drift_threshold: float = 1.15) -> bool:
         """Re-trains the codec and rewrites the index (atomically) when drift passes
         ``drift_threshold`` or ``force`` is set; on an exact index, compacts. Returns whether it rewrote."""
         with self._writing() as manifest:
             if manifest["index_type"] == "exact":
-                self._compact_locked(manifest)
+                self._compact_locked(manifest, self._state.engine)
                 return True
-            drift = self.drift()
-            if not force and drift["ratio"] <= drift_threshold:
+            if not force and _drift(self._state)["ratio"] <= drift_threshold:
                 return False
             self._rewrite_locked(manifest)
             return True
 
-    # ---------------------------------------------------------------- writing, under the lock
+    # ---------------------------------------------------------------- writing, under the locks
     @contextmanager
     def _writing(self) -> Iterator[dict[str, Any]]:
-        """Holds the write lock; yields a copy of the manifest to change and commit."""
-        with open(self.path / storage.LOCK, "a") as lock:
+        """Serialises writers (threads by this object's lock, processes by the lock file), brings
+        this object to the committed generation and yields a copy of its manifest to change and
+        commit. Readers keep their snapshots: nothing they see changes until :meth:`_commit`."""
+        with self._lock, open(self.path / storage.LOCK, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                on_disk = storage.read_manifest(self.path)
-                if on_disk.get("generation") != self._manifest["generation"]:
-                    raise LIRError(f"{self.path} was changed by another process; open it again")
-                storage.remove_unreferenced(self.path, on_disk)
-                try:
-                    yield json.loads(json.dumps(on_disk))
-                except BaseException:
-                    # the write did not commit: return to what is on disk (_apply keeps only
-                    # the segments it names; ones opened under a new codec cannot be reused)
-                    if on_disk["codec"] != self._manifest["codec"]:
-                        self._segments = []
-                    self._engine = self._make_engine(on_disk)
-                    self._apply(on_disk)
-                    raise
+                self._catch_up()
+                storage.remove_unreferenced(self.path, self._state.manifest)  # debris of a killed writer
+                yield copy.deepcopy(self._state.manifest)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _write_rows(self, manifest: dict[str, Any], docs: Sequence[Document], lengths: Sequence[int],
-                    payloads: Iterator[dict[str, np.ndarray]], engine: Any = None) -> list[dict[str, Any]]:
+                    payloads: Iterator[dict[str, np.ndarray]], engine: ExactEngine | CompressedEngine) -> list[dict[str, Any]]:
         """Writes documents (with their engine payloads, consumed in order) as new segments of at
         most MAX_SEGMENT_DOCS documents each; returns their manifest entries."""
-        engine = engine or self._engine
         entries = []
         for start in range(0, len(docs), MAX_SEGMENT_DOCS):
             batch = range(start, min(start + MAX_SEGMENT_DOCS, len(docs)))
@@ -596,32 +655,35 @@ class Index:
             entries.append(writer.finish(engine.derived))
         return entries
 
-    def _commit(self, manifest: dict[str, Any], new_entries: list[dict[str, Any]]) -> None:
-        """Publishes the new manifest, then brings the in-memory state to it."""
+    def _commit(self, manifest: dict[str, Any], new_entries: list[dict[str, Any]],
+                engine: ExactEngine | CompressedEngine) -> None:
+        """Publishes the new manifest, then swaps in its snapshot."""
         manifest["segments"].extend(new_entries)
         if len(manifest["segments"]) > MAX_SEGMENTS:
-            self._compact_locked(manifest)
+            self._compact_locked(manifest, engine)
             return
         manifest["num_documents"] = sum(e["num_docs"] - len(e["deleted"]) for e in manifest["segments"])
         manifest["generation"] += 1
         storage.write_json_atomic(self.path / storage.MANIFEST, manifest)
+        state = self._build(manifest, engine, _manifest_stamp(self.path))
+        self._state = state
         storage.remove_unreferenced(self.path, manifest)  # replaced segments and codecs
-        self._apply(manifest)
 
-    def _compact_locked(self, manifest: dict[str, Any]) -> None:
-        self._apply(manifest)  # in memory only, so that pending deletions are seen
-        live = list(self._live())
+    def _compact_locked(self, manifest: dict[str, Any], engine: ExactEngine | CompressedEngine) -> None:
+        pending = self._build(manifest, engine, None)  # not installed: it shows pending deletions
+        live = list(pending.live())
         payloads = (segment.store.payload(row) for segment, row, _ in live)
         lengths = [int(segment.lengths[row]) for segment, row, _ in live]
         manifest["segments"] = []
-        self._commit(manifest, self._write_rows(manifest, [doc for _, _, doc in live], lengths, payloads))
+        self._commit(manifest, self._write_rows(manifest, [doc for _, _, doc in live], lengths, payloads, engine), engine)
 
     def _rewrite_locked(self, manifest: dict[str, Any],
                         extra: tuple[list[Document], list[torch.Tensor]] | None = None) -> None:
         """Trains a new codec on the live documents (plus ``extra`` new ones) and rewrites every
         document with it, publishing codec and segments in one manifest swap."""
-        self._apply(manifest)  # in memory only, so that pending deletions are seen
-        live = list(self._live())
+        current = self._state
+        pending = self._build(manifest, current.engine, None)  # not installed: it shows pending deletions
+        live = list(pending.live())
         extra_docs, extra_vectors = extra or ([], [])
         sources = [(lambda seg=seg, row=row: seg.store.vectors(row)) for seg, row, _ in live]
         sources += [(lambda m=m: m) for m in extra_vectors]
@@ -630,7 +692,7 @@ class Index:
         compress = manifest["compress"]
         # Stored vectors of a compressed index come back decoded, in its codec's (projected) space:
         # a projected index keeps its projection and re-trains centroids and buckets there.
-        old_codec = self._engine.codec if self.index_type == "compressed" else None
+        old_codec = current.engine.codec if manifest["index_type"] == "compressed" else None
         keep_projection = old_codec if old_codec is not None and old_codec.projection is not None else None
         codec = ResidualCodec.fit(_sample_vectors(sources, lengths), nbits=compress["nbits"],
                                   num_centroids=compress["num_centroids"] or num_centroids_for(sum(lengths)),
@@ -647,40 +709,68 @@ class Index:
         manifest["segments"] = []
         manifest["segments"] = self._write_rows(manifest, docs, lengths, payloads(), engine)
         manifest["index_type"], manifest["codec"] = "compressed", codec_entry
-        self._engine = engine
-        self._segments = []  # every segment is new
-        self._commit(manifest, [])
+        self._commit(manifest, [], engine)
 
     # ---------------------------------------------------------------- info
     def info(self) -> dict[str, Any]:
         """A summary: counts, dims, engine, segments and bytes on disk."""
-        live_tokens = self._live_tokens()
-        disk = sum(f["size"] for s in self._segments for f in s.entry["files"].values())
+        state = self._snapshot()
+        live_tokens = state.live_tokens()
+        disk = sum(f["size"] for s in state.segments for f in s.entry["files"].values())
         info = {
             "path": str(self.path),
-            "index_type": self.index_type,
-            "documents": len(self),
+            "index_type": state.manifest["index_type"],
+            "documents": len(state.where),
             "tokens": live_tokens,
             "dim": self.dim,
-            "segments": len(self._segments),
-            "deleted_pending_compaction": int(sum(s.deleted.sum() for s in self._segments)),
+            "segments": len(state.segments),
+            "deleted_pending_compaction": int(sum(s.deleted.sum() for s in state.segments)),
             "bytes_on_disk": disk,
             "bytes_per_token": round(disk / live_tokens, 2) if live_tokens else None,
             "encoder": self.settings.to_dict(),
         }
-        if self.index_type == "compressed":
-            codec = self._engine.codec
+        if isinstance(state.engine, CompressedEngine):
+            codec = state.engine.codec
             info["codec"] = {"nbits": codec.nbits, "num_centroids": codec.num_centroids, "dim": codec.dim,
                              "projected": codec.projection is not None,
-                             "token_bytes_per_token": codec.bytes_per_token, "drift": self.drift()}
-        elif self._manifest["compress"]:
-            info["compresses_at_tokens"] = self._manifest["compress"]["min_tokens"]
+                             "token_bytes_per_token": codec.bytes_per_token, "drift": _drift(state)}
+        elif state.manifest["compress"]:
+            info["compresses_at_tokens"] = state.manifest["compress"]["min_tokens"]
         return info
 
     def verify(self) -> None:
         """Hashes every file against the manifest; raises IndexCorruptedError naming a bad file."""
-        for segment in self._segments:
+        for segment in self._snapshot().segments:
             storage.verify_segment_files(self.path, segment.entry)
+
+
+def _with_documents(state: _Snapshot, round_: Round) -> Round:
+    for ranked in round_.ranked:
+        _attach_documents(state, ranked, range(len(ranked)))
+    return round_
+
+
+def _attach_documents(state: _Snapshot, ranked: Ranked, positions: Iterable[int]) -> None:
+    """Sets ``ranked.documents``: the documents of the entries at ``positions``, None elsewhere."""
+    ranked.documents = [None] * len(ranked)
+    for i in positions:
+        ranked.documents[i] = state.segments[ranked.segments[i]].documents[ranked.rows[i]]
+
+
+def _check_new(state: _Snapshot, docs: Sequence[Document]) -> None:
+    existing = [d.id for d in docs if d.id in state.where]
+    if existing:
+        raise DuplicateIdError(f"{len(existing)} id(s) already in the index, e.g. {existing[0]!r} (use upsert to replace)")
+
+
+def _drift(state: _Snapshot) -> dict[str, float] | None:
+    if not isinstance(state.engine, CompressedEngine):
+        return None
+    stats = state.manifest["codec"]
+    reference = state.engine.codec.mean_residual_norm
+    added = stats["added_tokens"]
+    mean = stats["added_residual_norm_sum"] / added if added else reference
+    return {"added_tokens": added, "mean_residual_norm": mean, "reference": reference, "ratio": mean / reference}
 
 
 def _save_codec(root: Path, codec: ResidualCodec, generation: int) -> dict[str, Any]:

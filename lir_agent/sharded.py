@@ -83,7 +83,7 @@ def create_shards(path: str | Path, num_shards: int, encoder: Encoder | str | No
     ``index_type`` "exact", or "compressed" with ``codec``: the shards of a compressed index
     share one codec (train it on a sample of the corpus: ``ResidualCodec.fit(vectors, nbits=2)``).
     """
-    path = Path(path)
+    path = Path(path).resolve()
     if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
         raise InvalidInputError(f"num_shards must be a positive integer, got {num_shards!r}")
     if index_type not in ("exact", "compressed"):
@@ -163,8 +163,8 @@ class ShardedIndex:
 
     @classmethod
     def open(cls, path: str | Path, encoder: Encoder | str | None = None, device: str = "cpu") -> "ShardedIndex":
-        """Opens every shard in this process."""
-        path = Path(path)
+        """Opens every shard in this process (``path`` resolved to an absolute path, once)."""
+        path = Path(path).resolve()
         layout = read_layout(path)
         settings, engine = shared_settings(path, layout)
         encoder = checked_encoder(encoder, settings, path)
@@ -357,7 +357,7 @@ def reshard(source: str | Path, target: str | Path, num_shards: int, show_progre
     inputs = ([Index.open(source / name) for name in read_layout(source)["shards"]] if is_sharded(source)
               else [Index.open(source)])
     first = inputs[0]
-    codec = first._engine.codec if first.index_type == "compressed" else None
+    codec = first.codec
     if first.index_type != "exact" and codec is None:
         raise InvalidInputError(f"{source} is not exact or compressed")
     outputs = [Index.open(p) for p in create_shards(target, num_shards, first.encoder,

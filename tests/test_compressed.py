@@ -63,7 +63,7 @@ def test_updates_equal_a_rebuild_with_the_same_codec(tmp_path, encoder):
     for d in docs[::5]:
         del final[d["id"]]
     final.update({d["id"]: (d, m) for d, m in zip(replaced, replaced_matrices)})
-    codec = ResidualCodec.load(index.path / index._manifest["codec"]["dir"])
+    codec = ResidualCodec.load(index.path / index._state.manifest["codec"]["dir"])
     rebuilt = Index.create(tmp_path / "rebuilt", encoder=encoder, codec=codec)
     rebuilt.add([d for d, _ in final.values()], embeddings=[m for _, m in final.values()])
     assert sorted(index.ids()) == sorted(rebuilt.ids())
@@ -85,10 +85,10 @@ def test_optimize_retrains_and_preserves_documents(tmp_path, encoder):
     drift = index.drift()
     assert drift["added_tokens"] == sum(m.shape[0] for m in shifted_matrices) and drift["ratio"] > 1.15
     before = {i: index.get(i) for i in index.ids()}
-    old_codec = index._manifest["codec"]["dir"]
+    old_codec = index._state.manifest["codec"]["dir"]
     assert index.optimize() is True
     reopened = Index.open(index.path)
-    assert reopened._manifest["codec"]["dir"] != old_codec and reopened.drift()["ratio"] == pytest.approx(1.0)
+    assert reopened._state.manifest["codec"]["dir"] != old_codec and reopened.drift()["ratio"] == pytest.approx(1.0)
     assert {i: reopened.get(i) for i in reopened.ids()} == before
     assert not (index.path / old_codec).exists()
     query = queries_for(shifted_topics, 1, seed=3)[0]
