@@ -148,3 +148,24 @@ def test_distributed_build_matches_a_local_build(ray_cluster, tmp_path, encoder)
         expected, got = local.search(query, k=8), built.search(query, k=8)
         assert [h.id for h in got] == [h.id for h in expected]
         np.testing.assert_allclose([h.score for h in got], [h.score for h in expected], atol=2e-3)
+
+
+def test_ray_index_threads_search_while_another_writes_and_replicas_see_other_writers(ray_cluster, tmp_path, encoder):
+    from test_concurrency import add, doc, embed, hammer
+
+    ShardedIndex.create(tmp_path / "r", 2, encoder)
+    with RayIndex.open(tmp_path / "r", encoder, num_replicas=2, num_cpus_per_shard=ACTOR_CPUS) as index:
+        add(index, [doc(f"d{i}", 0) for i in range(80)])
+        errors = hammer(index)
+        assert not errors, errors[0]
+        assert len(index) == 80
+        # another process writes a shard directly (here: this driver, outside the actors):
+        # every replica catches up on its next call, without refresh() or save()
+        target = next(i for i in range(200) if shard_of(f"fresh{i}", 2) == 0)
+        outside = Index.open(tmp_path / "r" / "shard-00000")
+        add(outside, [doc(f"fresh{target}", 0)])
+        outside.delete([d for d in outside.ids() if d.startswith("d")][:1])
+        q = embed(f"fresh{target} version 0").float()
+        for _ in range(4):  # both replicas answer in turn
+            assert index.search(q, k=1)[0].id == f"fresh{target}"
+            assert len(index) == 80
