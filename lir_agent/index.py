@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import fcntl
 import json
+import logging
 import os
 import random
 import shutil
@@ -39,6 +40,7 @@ MAX_SEGMENTS = 32  # above this many segments a write also compacts
 AUTO_COMPRESS_TOKENS = 250_000  # index_type="auto" switches from exact to compressed here
 CODEC_SAMPLE_TOKENS = 400_000  # token vectors drawn (whole documents) to train a codec
 ENCODE_CHUNK_DOCS = 1024  # documents encoded per batch when an index is rewritten
+logger = logging.getLogger(__name__)
 CATCH_UP_ATTEMPTS = 3  # a reader catching up retries when a newer commit removed the files it was reading
 IndexType = Literal["auto", "exact", "compressed"]
 
@@ -70,6 +72,7 @@ class _Segment:
     lengths: np.ndarray  # tokens per row
     documents: list[Document]
     deleted: np.ndarray  # bool per row
+    truncated: np.ndarray  # per row, tokens the encoder cut off the document's end
 
 
 def _as_document(item: Document | Mapping[str, Any], position: int) -> Document:
@@ -134,17 +137,33 @@ def query_matrices(queries: Sequence[Any], dim: int, encoder: Callable[[], Encod
 
 
 def document_matrices(docs: Sequence[Document], embeddings: Sequence[Any] | None, dim: int,
-                      encoder: Callable[[], Encoder], batch_size: int, show_progress: bool | None) -> list[torch.Tensor]:
-    """The checked token matrices of ``docs``: the given ``embeddings``, or their texts encoded."""
+                      encoder: Callable[[], Encoder], batch_size: int,
+                      show_progress: bool | None) -> tuple[list[torch.Tensor], list[int]]:
+    """The checked token matrices of ``docs`` (the given ``embeddings``, or their texts
+    encoded) and, per document, how many tokens the encoder cut off its end (0 for given
+    embeddings). A write that cuts documents logs one warning saying how many and how much."""
     if embeddings is not None:
         if len(embeddings) != len(docs):
             raise InvalidInputError(f"{len(embeddings)} embedding matrices for {len(docs)} documents")
-        return [check_matrix(m, dim, f"embeddings of {d.id!r}") for m, d in zip(embeddings, docs)]
-    matrices = encoder().encode_documents([d.text for d in docs], batch_size=batch_size, show_progress=show_progress)
+        return [check_matrix(m, dim, f"embeddings of {d.id!r}") for m, d in zip(embeddings, docs)], [0] * len(docs)
+    model = encoder()
+    texts = [d.text for d in docs]
+    matrices = model.encode_documents(texts, batch_size=batch_size, show_progress=show_progress)
     for doc, matrix in zip(docs, matrices):
         if matrix.shape[0] == 0:
             raise InvalidInputError(f"document {doc.id!r} has no tokens left after encoding")
-    return matrices
+    truncated = model.truncated_tokens(texts)
+    warn_truncated(truncated, model.settings.document_length)
+    return matrices, truncated
+
+
+def warn_truncated(truncated: Sequence[int], document_length: int) -> None:
+    """Logs one warning for a write whose documents the encoder cut (``truncated``: tokens cut per document)."""
+    cut = [n for n in truncated if n]
+    if cut:
+        logger.warning("%d of %d documents are longer than the encoder's %d tokens: %d tokens cut from their ends "
+                       "cannot be found by search (Index.info() counts them)", len(cut), len(truncated),
+                       document_length, sum(cut))
 
 
 def check_matrix(matrix: Any, dim: int, what: str) -> torch.Tensor:
@@ -331,7 +350,9 @@ class Index:
             if segment is None:
                 data = storage.read_segment(self.path, entry)
                 documents = [Document(r["id"], r["text"], r.get("metadata") or {}) for r in data.records]
-                segments.append(_Segment(entry, engine.open(data, self.device), np.diff(data.offsets), documents, deleted))
+                truncated = np.asarray([r.get("truncated_tokens", 0) for r in data.records], dtype=np.int64)
+                segments.append(_Segment(entry, engine.open(data, self.device), np.diff(data.offsets), documents,
+                                         deleted, truncated))
             else:
                 segments.append(replace(segment, entry=entry, deleted=deleted))
         where = {doc.id: (s, row) for s, segment in enumerate(segments)
@@ -535,18 +556,27 @@ class Index:
     # ---------------------------------------------------------------- writing
     def add(self, documents: Sequence[Document | Mapping[str, Any]], *,
             embeddings: Sequence[Any] | None = None, upsert: bool = False,
-            batch_size: int = 32, show_progress: bool | None = None) -> list[str]:
+            batch_size: int = 32, show_progress: bool | None = None,
+            truncated_tokens: Sequence[int] | None = None) -> list[str]:
         """Adds documents; with ``upsert=True`` existing ids are replaced. Returns the ids.
 
         ``embeddings``: optional precomputed (n_tokens, dim) matrices, one per document, instead of
-        encoding the texts. Nothing is written unless every document is valid.
+        encoding the texts; ``truncated_tokens``: with them, how many tokens their encoder cut
+        off each document (counted in :meth:`info`). Texts longer than the encoder's
+        ``document_length`` are cut (one warning per write). Nothing is written unless every
+        document is valid.
         """
         docs = as_documents(documents)
         if not docs:
             return []
         if not upsert:
             _check_new(self._snapshot(), docs)  # before the encoding work
-        matrices = document_matrices(docs, embeddings, self.dim, lambda: self.encoder, batch_size, show_progress)
+        matrices, truncated = document_matrices(docs, embeddings, self.dim, lambda: self.encoder, batch_size,
+                                                show_progress)
+        if truncated_tokens is not None:
+            if embeddings is None or len(truncated_tokens) != len(docs):
+                raise InvalidInputError("truncated_tokens goes with embeddings, one count per document")
+            truncated = [int(n) for n in truncated_tokens]
         with self._writing() as manifest:
             state = self._state
             if not upsert:
@@ -555,10 +585,11 @@ class Index:
             compress = manifest["compress"]
             new_tokens = sum(int(m.shape[0]) for m in matrices)
             if manifest["index_type"] == "exact" and compress and state.live_tokens() + new_tokens >= compress["min_tokens"]:
-                self._rewrite_locked(manifest, extra=(docs, matrices))  # the corpus is now big enough to compress
+                self._rewrite_locked(manifest, extra=(docs, matrices, truncated))  # big enough to compress now
                 return [d.id for d in docs]
             payloads, stats = state.engine.encode(matrices)
-            entries = self._write_rows(manifest, docs, [int(m.shape[0]) for m in matrices], iter(payloads), state.engine)
+            entries = self._write_rows(manifest, docs, [int(m.shape[0]) for m in matrices], truncated, iter(payloads),
+                                       state.engine)
             _add_drift(manifest, stats)
             self._commit(manifest, entries, state.engine)
         return [d.id for d in docs]
@@ -599,7 +630,9 @@ class Index:
             _delete_rows(manifest, [state.where[d.id] for d in docs if d.id in state.where])
             payloads = (segment.store.payload(row) for segment, row in located)
             lengths = [int(segment.lengths[row]) for segment, row in located]
-            self._commit(manifest, self._write_rows(manifest, docs, lengths, payloads, state.engine), state.engine)
+            truncated = [int(segment.truncated[row]) for segment, row in located]
+            self._commit(manifest, self._write_rows(manifest, docs, lengths, truncated, payloads, state.engine),
+                         state.engine)
         return len(docs)
 
     def compact(self) -> None:
@@ -640,9 +673,11 @@ class Index:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _write_rows(self, manifest: dict[str, Any], docs: Sequence[Document], lengths: Sequence[int],
-                    payloads: Iterator[dict[str, np.ndarray]], engine: ExactEngine | CompressedEngine) -> list[dict[str, Any]]:
-        """Writes documents (with their engine payloads, consumed in order) as new segments of at
-        most MAX_SEGMENT_DOCS documents each; returns their manifest entries."""
+                    truncated: Sequence[int], payloads: Iterator[dict[str, np.ndarray]],
+                    engine: ExactEngine | CompressedEngine) -> list[dict[str, Any]]:
+        """Writes documents (with their token counts, tokens cut by the encoder, and engine
+        payloads, consumed in order) as new segments of at most MAX_SEGMENT_DOCS documents each;
+        returns their manifest entries."""
         entries = []
         for start in range(0, len(docs), MAX_SEGMENT_DOCS):
             batch = range(start, min(start + MAX_SEGMENT_DOCS, len(docs)))
@@ -651,7 +686,10 @@ class Index:
             writer = storage.SegmentWriter(self.path, name, sum(lengths[i] for i in batch), engine.schema())
             for i in batch:
                 doc = docs[i]
-                writer.append({"id": doc.id, "text": doc.text, "metadata": doc.metadata}, next(payloads))
+                record = {"id": doc.id, "text": doc.text, "metadata": doc.metadata}
+                if truncated[i]:
+                    record["truncated_tokens"] = int(truncated[i])
+                writer.append(record, next(payloads))
             entries.append(writer.finish(engine.derived))
         return entries
 
@@ -674,21 +712,25 @@ class Index:
         live = list(pending.live())
         payloads = (segment.store.payload(row) for segment, row, _ in live)
         lengths = [int(segment.lengths[row]) for segment, row, _ in live]
+        truncated = [int(segment.truncated[row]) for segment, row, _ in live]
         manifest["segments"] = []
-        self._commit(manifest, self._write_rows(manifest, [doc for _, _, doc in live], lengths, payloads, engine), engine)
+        self._commit(manifest, self._write_rows(manifest, [doc for _, _, doc in live], lengths, truncated, payloads,
+                                                engine), engine)
 
     def _rewrite_locked(self, manifest: dict[str, Any],
-                        extra: tuple[list[Document], list[torch.Tensor]] | None = None) -> None:
-        """Trains a new codec on the live documents (plus ``extra`` new ones) and rewrites every
-        document with it, publishing codec and segments in one manifest swap."""
+                        extra: tuple[list[Document], list[torch.Tensor], list[int]] | None = None) -> None:
+        """Trains a new codec on the live documents (plus ``extra`` new ones: documents, token
+        matrices, tokens cut) and rewrites every document with it, publishing codec and
+        segments in one manifest swap."""
         current = self._state
         pending = self._build(manifest, current.engine, None)  # not installed: it shows pending deletions
         live = list(pending.live())
-        extra_docs, extra_vectors = extra or ([], [])
+        extra_docs, extra_vectors, extra_truncated = extra or ([], [], [])
         sources = [(lambda seg=seg, row=row: seg.store.vectors(row)) for seg, row, _ in live]
         sources += [(lambda m=m: m) for m in extra_vectors]
         lengths = [int(seg.lengths[row]) for seg, row, _ in live] + [int(m.shape[0]) for m in extra_vectors]
         docs = [doc for _, _, doc in live] + list(extra_docs)
+        truncated = [int(seg.truncated[row]) for seg, row, _ in live] + list(extra_truncated)
         compress = manifest["compress"]
         # Stored vectors of a compressed index come back decoded, in its codec's (projected) space:
         # a projected index keeps its projection and re-trains centroids and buckets there.
@@ -707,7 +749,7 @@ class Index:
                 yield from engine.encode(chunk, projected=keep_projection is not None)[0]
 
         manifest["segments"] = []
-        manifest["segments"] = self._write_rows(manifest, docs, lengths, payloads(), engine)
+        manifest["segments"] = self._write_rows(manifest, docs, lengths, truncated, payloads(), engine)
         manifest["index_type"], manifest["codec"] = "compressed", codec_entry
         self._commit(manifest, [], engine)
 
@@ -728,6 +770,7 @@ class Index:
             "bytes_on_disk": disk,
             "bytes_per_token": round(disk / live_tokens, 2) if live_tokens else None,
             "encoder": self.settings.to_dict(),
+            "truncated": _truncation(state, self.settings.document_length),
         }
         if isinstance(state.engine, CompressedEngine):
             codec = state.engine.codec
@@ -761,6 +804,12 @@ def _check_new(state: _Snapshot, docs: Sequence[Document]) -> None:
     existing = [d.id for d in docs if d.id in state.where]
     if existing:
         raise DuplicateIdError(f"{len(existing)} id(s) already in the index, e.g. {existing[0]!r} (use upsert to replace)")
+
+
+def _truncation(state: _Snapshot, document_length: int) -> dict[str, int]:
+    """Live documents the encoder cut at ``document_length`` tokens, and the tokens cut."""
+    cut = np.concatenate([s.truncated[~s.deleted] for s in state.segments]) if state.segments else np.zeros(0, np.int64)
+    return {"documents": int((cut > 0).sum()), "tokens": int(cut.sum()), "document_length": document_length}
 
 
 def _drift(state: _Snapshot) -> dict[str, float] | None:

@@ -43,8 +43,9 @@ SEARCH_ATTEMPTS = 3  # a search restarts when a shard is written to between its 
 
 
 def shard_of(doc_id: str, num_shards: int) -> int:
-    """The shard of a document id: a stable 64-bit hash (BLAKE2b) modulo the shard count."""
-    digest = hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest()
+    """The shard of a document id: a stable 64-bit hash (BLAKE2b) of its UTF-8 bytes modulo the
+    shard count (an id that is not text, which no index stores, still gets a shard: where it is not found)."""
+    digest = hashlib.blake2b(doc_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "little") % num_shards
 
 
@@ -209,7 +210,11 @@ class ShardedIndex:
         disk = sum(s["bytes_on_disk"] for s in shards)
         return {"path": str(self.path), "num_shards": self.num_shards, "index_type": self.layout["index_type"],
                 "documents": sum(s["documents"] for s in shards), "tokens": tokens, "bytes_on_disk": disk,
-                "bytes_per_token": round(disk / tokens, 2) if tokens else None, "shards": shards}
+                "bytes_per_token": round(disk / tokens, 2) if tokens else None,
+                "truncated": {"documents": sum(s["truncated"]["documents"] for s in shards),
+                              "tokens": sum(s["truncated"]["tokens"] for s in shards),
+                              "document_length": self.settings.document_length},
+                "shards": shards}
 
     def _shard_of(self, doc_id: Any) -> int:
         if not isinstance(doc_id, str) or not doc_id:
@@ -295,10 +300,11 @@ class ShardedIndex:
             existing = [doc_id for ids in found for doc_id in ids]
             if existing:
                 raise DuplicateIdError(f"{len(existing)} id(s) already in the index, e.g. {existing[0]!r} (use upsert to replace)")
-        matrices = document_matrices(docs, embeddings, self.dim, lambda: self.encoder, batch_size, show_progress)
+        matrices, truncated = document_matrices(docs, embeddings, self.dim, lambda: self.encoder, batch_size,
+                                                show_progress)
         for shard, positions in sorted(by_shard.items()):
-            self.shards.call(shard, "add", [docs[i] for i in positions],
-                             embeddings=[matrices[i] for i in positions], upsert=True)
+            self.shards.call(shard, "add", [docs[i] for i in positions], embeddings=[matrices[i] for i in positions],
+                             truncated_tokens=[truncated[i] for i in positions], upsert=True)
         return [d.id for d in docs]
 
     def upsert(self, documents: Sequence[Document | Mapping[str, Any]], **kwargs: Any) -> list[str]:

@@ -256,3 +256,32 @@ def test_many_small_writes_are_compacted(tmp_path, encoder, monkeypatch):
     for doc, matrix in zip(docs, matrices):
         if doc["id"] != "doc-3":
             torch.testing.assert_close(reopened.get_embeddings(doc["id"]), matrix.half())
+
+
+def test_long_documents_cut_by_the_encoder_are_warned_about_and_counted(tmp_path, encoder, caplog):
+    """A document past the encoder's document_length loses its tail: one warning per write
+    names how many documents and tokens, info() counts them, through compaction and deletes."""
+    from lir_agent.sharded import ShardedIndex
+
+    limit = encoder.settings.document_length
+    long_text = " ".join(f"word{i}" for i in range(1400)) + ". The answer is in the last sentence."
+    full = len(encoder.tokenizer(long_text, add_special_tokens=True, verbose=False)["input_ids"])
+    expected_cut = full - limit + (encoder.settings.document_prefix is not None)
+    assert encoder.truncated_tokens(["short text", long_text]) == [0, expected_cut]
+    for index in (Index.create(tmp_path / "one", encoder, index_type="exact"),
+                  ShardedIndex.create(tmp_path / "sharded", 2, encoder)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="lir_agent.index"):
+            index.add([{"id": "long", "text": long_text}, {"id": "long2", "text": long_text},
+                       {"id": "short", "text": "a short one"}])
+        warnings = [r for r in caplog.records if "longer than the encoder" in r.getMessage()]
+        assert len(warnings) == 1 and f"2 of 3 documents" in warnings[0].getMessage()
+        assert f"{2 * expected_cut} tokens cut" in warnings[0].getMessage()
+        assert index.info()["truncated"] == {"documents": 2, "tokens": 2 * expected_cut, "document_length": limit}
+        index.delete(["long2"])
+        index.compact()
+        assert index.info()["truncated"]["documents"] == 1
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="lir_agent.index"):
+            index.add([{"id": "fits", "text": "nothing cut here"}])
+        assert not [r for r in caplog.records if "longer than the encoder" in r.getMessage()]

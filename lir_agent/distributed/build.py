@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..codec import ResidualCodec
 from ..encoder import Encoder
-from ..index import Document, as_documents
+from ..index import Document, as_documents, warn_truncated
 from ..sharded import create_shards, shard_of
 from .ray_index import RayIndex, ensure_ray
 
@@ -32,9 +32,10 @@ class EncoderActor:
     def __init__(self, model: str | None):
         self.encoder = Encoder.from_pretrained(model or "default", device="cuda" if torch.cuda.is_available() else "cpu")
 
-    def encode(self, texts: list[str], batch_size: int) -> list[np.ndarray]:
+    def encode(self, texts: list[str], batch_size: int) -> tuple[list[np.ndarray], list[int]]:
+        """Float16 (n_tokens, dim) token matrices of ``texts``, and the tokens cut off each."""
         matrices = self.encoder.encode_documents(texts, batch_size=batch_size, show_progress=False)
-        return [m.to(torch.float16).numpy() for m in matrices]
+        return [m.to(torch.float16).numpy() for m in matrices], self.encoder.truncated_tokens(texts)
 
 
 def build_sharded(documents: Iterable[Any], path: str | Path, num_shards: int, *, model: str | None = None,
@@ -58,25 +59,29 @@ def build_sharded(documents: Iterable[Any], path: str | Path, num_shards: int, *
     written = 0
     with RayIndex.open(path, **index_options) as index, \
             tqdm(total=total, desc="building", unit="doc", disable=None) as progress:
-        buffers: dict[int, list[tuple[Document, np.ndarray]]] = defaultdict(list)
+        buffers: dict[int, list[tuple[Document, np.ndarray, int]]] = defaultdict(list)
+        cut: list[int] = []
 
         def write(shard: int) -> None:
             nonlocal written
-            docs, matrices = zip(*buffers.pop(shard))
-            index.shards.call(shard, "add", list(docs), embeddings=list(matrices), upsert=True)
+            docs, matrices, truncated = zip(*buffers.pop(shard))
+            index.shards.call(shard, "add", list(docs), embeddings=list(matrices), truncated_tokens=list(truncated),
+                              upsert=True)
             written += len(docs)
 
         batches = _batches(sample, stream, batch_docs)
-        for docs, matrices in _encode_stream(encoders, batches, max_in_flight):
-            for doc, matrix in zip(docs, matrices):
+        for docs, (matrices, truncated) in _encode_stream(encoders, batches, max_in_flight):
+            cut.extend(truncated)
+            for doc, matrix, n in zip(docs, matrices, truncated):
                 shard = shard_of(doc.id, num_shards)
-                buffers[shard].append((doc, matrix))
+                buffers[shard].append((doc, matrix, n))
                 if len(buffers[shard]) >= flush_docs:
                     write(shard)
             progress.update(len(docs))
         for shard in list(buffers):
             write(shard)
         index.compact()  # each shard's flushed parts into as few segments as possible
+        warn_truncated(cut, index.settings.document_length)
         documents_held = len(index)
     for actor in encoders:
         ray.kill(actor)
@@ -91,8 +96,8 @@ def _batches(first: list[Document], rest: Iterable[Any], size: int) -> Iterable[
 
 
 def _encode_stream(encoders: list, batches: Iterable[list[Document]],
-                   max_in_flight: int) -> Iterable[tuple[list[Document], list[np.ndarray]]]:
-    """(documents, token matrices) per batch, in completion order, with at most
+                   max_in_flight: int) -> Iterable[tuple[list[Document], tuple[list[np.ndarray], list[int]]]]:
+    """(documents, (token matrices, tokens cut)) per batch, in completion order, with at most
     ``max_in_flight`` batches being encoded at once (round robin over the encoders)."""
     in_flight: dict[Any, list[Document]] = {}
     turn = 0
@@ -105,7 +110,7 @@ def _encode_stream(encoders: list, batches: Iterable[list[Document]],
         yield from _finished(in_flight)
 
 
-def _finished(in_flight: dict[Any, list[Document]]) -> Iterable[tuple[list[Document], list[np.ndarray]]]:
+def _finished(in_flight: dict[Any, list[Document]]) -> Iterable[tuple[list[Document], tuple[list[np.ndarray], list[int]]]]:
     done, _ = ray.wait(list(in_flight), num_returns=1)
     for ref in done:
         yield in_flight.pop(ref), ray.get(ref)
@@ -114,4 +119,4 @@ def _finished(in_flight: dict[Any, list[Document]]) -> Iterable[tuple[list[Docum
 def _encode_all(encoders: list, documents: list[Document], batch_docs: int) -> list[np.ndarray]:
     batches = [documents[i : i + batch_docs] for i in range(0, len(documents), batch_docs)]
     refs = [encoders[i % len(encoders)].encode.remote([d.text for d in b], 32) for i, b in enumerate(batches)]
-    return [matrix for matrices in ray.get(refs) for matrix in matrices]
+    return [matrix for matrices, _ in ray.get(refs) for matrix in matrices]

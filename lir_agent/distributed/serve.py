@@ -7,8 +7,9 @@ handler's annotations at run time.)
 ``k``, ``filter`` and ``allow_partial``; single queries arriving together are batched
 (``serve.batch``) into one sharded search. ``GET /health`` and ``GET /info`` report the index.
 Bad requests get a 4xx naming the problem (never a 500): malformed JSON or wrong types 422,
-k / query length / batch size over the limits 422, a missing or wrong bearer token 401, a bad
-filter 400. The service binds 127.0.0.1 unless told otherwise.
+k / query length / batch size over the limits 422, a query that is not text (a lone surrogate,
+``"\\ud83d"``) 422, a missing or wrong bearer token 401, a bad filter (one holding such a
+string included) 400. The service binds 127.0.0.1 unless told otherwise.
 """
 
 
@@ -19,11 +20,14 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr
 from ray import serve
 
 from ..errors import InvalidInputError, LIRError
+from ..text import check_text
 from .ray_index import RayIndex, ShardUnavailableError, ensure_ray
 
 
@@ -46,6 +50,14 @@ class SearchRequest(BaseModel):
     allow_partial: StrictBool = False
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: an answer that quotes the request (a
+    validation error echoing a lone surrogate, ``"\\ud83d"``) still encodes, and stays 4xx."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 class RequestError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -64,6 +76,10 @@ def check_request(request: SearchRequest, limits: Limits) -> list[str]:
             raise RequestError(422, f"query #{i} is empty")
         if len(query) > limits.max_query_chars:
             raise RequestError(422, f"query #{i} has {len(query)} characters; the limit is {limits.max_query_chars}")
+        try:
+            check_text(query, f"query #{i}")
+        except InvalidInputError as exc:
+            raise RequestError(422, str(exc)) from exc
     if not 1 <= request.k <= limits.max_k:
         raise RequestError(422, f"k must be between 1 and {limits.max_k}, got {request.k}")
     return queries
@@ -92,7 +108,11 @@ def build_app(path: str, *, token: str | None = None, limits: Limits = Limits(),
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, exc: RequestError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        return AsciiJSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
 
     @serve.deployment(ray_actor_options={"num_cpus": num_cpus}, max_ongoing_requests=2 * max_batch_size)
     @serve.ingress(app)

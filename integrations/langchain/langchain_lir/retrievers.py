@@ -11,6 +11,8 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict, Field, model_validator
 
 from lir_agent import open_index
+from lir_agent.filters import compile_filter
+from lir_agent.text import check_path
 
 
 class LIRRetriever(BaseRetriever):
@@ -32,12 +34,13 @@ class LIRRetriever(BaseRetriever):
 
     @model_validator(mode="after")
     def _open_index(self) -> "LIRRetriever":
+        compile_filter(self.filter)  # a bad default filter fails here, not at the first search
         if self.index is None:
             if self.index_path is None:
                 raise ValueError("LIRRetriever needs index= (an index object) or index_path=")
-            self.index = open_index(self.index_path)
-        elif self.index_path is None and getattr(self.index, "path", None) is not None:
-            self.index_path = str(self.index.path)
+            self.index = open_index(check_path(self.index_path, "index_path"))
+        if getattr(self.index, "path", None) is not None:
+            self.index_path = str(self.index.path)  # absolute: the config must mean the same index anywhere
         return self
 
     def _search(self, query: str, k: int | None, filter: Any) -> list[Document]:

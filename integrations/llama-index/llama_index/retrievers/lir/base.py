@@ -12,6 +12,8 @@ from llama_index.core.vector_stores.types import MetadataFilters
 
 from llama_index.retrievers.lir.filters import to_lir_filter
 from lir_agent import open_index
+from lir_agent.filters import compile_filter
+from lir_agent.text import check_path
 
 
 class LIRRetriever(BaseRetriever):
@@ -36,14 +38,16 @@ class LIRRetriever(BaseRetriever):
         if index is None:
             if index_path is None:
                 raise ValueError("LIRRetriever needs index= (an index object) or index_path=")
-            index = open_index(index_path)
+            index = open_index(check_path(index_path, "index_path"))
         if similarity_top_k < 1:
             raise ValueError(f"similarity_top_k must be positive, got {similarity_top_k}")
         self.index = index
-        self.index_path = index_path if index_path is not None else str(getattr(index, "path", "")) or None
+        # absolute (the index's own resolved path): the config must mean the same index anywhere
+        self.index_path = str(index.path) if getattr(index, "path", None) is not None else index_path
         self.similarity_top_k = similarity_top_k
         self.filters = filters
         self._filter = to_lir_filter(filters)
+        compile_filter(self._filter)  # a bad filter fails here, not at the first search
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     def search(self, query: str, k: int | None = None, filter: dict[str, Any] | None = None) -> list[NodeWithScore]:
