@@ -469,17 +469,21 @@ class Index:
 
     # ---------------------------------------------------------------- search
     def search(self, query: str | torch.Tensor | np.ndarray, k: int = 10, filter: Filter | None = None,
-               **search_params: int) -> list[SearchHit]:
+               exclude_ids: Iterable[str] | None = None, **search_params: int) -> list[SearchHit]:
         """Top-k documents for one query: a text, or a precomputed (n_tokens, dim) matrix.
 
+        ``filter``: metadata filter; ``exclude_ids``: ids never to return. Both apply before
+        scoring, so k documents come back whenever k match and are not excluded.
         ``search_params`` (compressed indexes): ``nprobe``, ``candidates``, ``rerank``; the
         defaults depend on k.
         """
-        return self.search_batch([query], k=k, filter=filter, **search_params)[0]
+        return self.search_batch([query], k=k, filter=filter, exclude_ids=exclude_ids, **search_params)[0]
 
     def search_batch(self, queries: Sequence[str | torch.Tensor | np.ndarray], k: int = 10,
-                     filter: Filter | None = None, **search_params: int) -> list[list[SearchHit]]:
-        """Top-k documents for each query; centroid scoring / the exact scan is shared by the batch.
+                     filter: Filter | None = None, exclude_ids: Iterable[str] | None = None,
+                     **search_params: int) -> list[list[SearchHit]]:
+        """Top-k documents for each query (``filter`` and ``exclude_ids`` as in :meth:`search`,
+        the same for every query); centroid scoring / the exact scan is shared by the batch.
         The whole search runs on one snapshot of the index (writes committed meanwhile, by this
         or another thread or process, are seen by the next search)."""
         k = check_k(k)
@@ -488,6 +492,7 @@ class Index:
         state = self._snapshot()
         params = state.engine.search_params(k, search_params)
         compile_filter(filter)  # a bad filter fails before any work
+        exclude_ids = check_exclude_ids(exclude_ids)
         if len(queries) == 0:
             return []
         prepared = state.engine.prepare_queries(query_matrices(queries, self.dim, lambda: self.encoder), self.device)
@@ -497,7 +502,7 @@ class Index:
             if selections is not None and selections[0] is None:
                 return [None]
             selection = None if selections is None else selections[0]
-            return [self._round(state, stage, prepared, k, round_params, filter, selection, flags)]
+            return [self._round(state, stage, prepared, k, round_params, filter, selection, flags, exclude_ids)]
 
         ranked = run_search(state.engine.kind, fan_out, len(queries), 1, k, params)
         return [[SearchHit(doc.id, score, rank, doc.text, dict(doc.metadata))
@@ -510,20 +515,22 @@ class Index:
         return self._snapshot().engine.prepare_queries(matrices, self.device)
 
     def search_round(self, stage: str, prepared: Any, k: int, params: Any, filter: Filter | None = None,
-                     selection: list[Ranked] | None = None, flags: list[bool] | None = None) -> Round:
+                     selection: list[Ranked] | None = None, flags: list[bool] | None = None,
+                     exclude_ids: Sequence[str] = ()) -> Round:
         """One round of a search on this index alone: the part a shard plays in a sharded
         search (see :mod:`lir_agent.engines.pipeline`), on the current snapshot (its generation
         goes with the answer, so that the coordinator notices a write between rounds).
         ``prepared``: the engine's prepared queries (:meth:`prepare_queries`), or the query
         matrices as numpy arrays (a remote shard prepares them itself: cheaper than receiving
-        centroid scores); ``selection``: per query, the documents of this index the round scores."""
+        centroid scores); ``selection``: per query, the documents of this index the round scores;
+        ``filter`` and ``exclude_ids`` decide which documents the first round considers."""
         state = self._snapshot()
         if isinstance(prepared, list) and prepared and isinstance(prepared[0], np.ndarray):
             prepared = state.engine.prepare_queries([torch.from_numpy(m) for m in prepared], self.device)
-        return self._round(state, stage, prepared, k, params, filter, selection, flags)
+        return self._round(state, stage, prepared, k, params, filter, selection, flags, exclude_ids)
 
     def _round(self, state: _Snapshot, stage: str, prepared: Any, k: int, params: Any, filter: Filter | None,
-               selection: list[Ranked] | None, flags: list[bool] | None) -> Round:
+               selection: list[Ranked] | None, flags: list[bool] | None, exclude_ids: Sequence[str]) -> Round:
         stores = [segment.store for segment in state.segments]
         engine = state.engine
         if stage in ("exact", "probe"):
@@ -533,7 +540,12 @@ class Index:
                 eligible = ~segment.deleted
                 if predicate is not None:
                     eligible &= np.fromiter((predicate(d.metadata) for d in segment.documents), bool, len(segment.documents))
-                masks.append(None if eligible.all() else eligible)
+                masks.append(eligible)
+            for doc_id in exclude_ids:
+                if doc_id in state.where:
+                    s, row = state.where[doc_id]
+                    masks[s][row] = False
+            masks = [None if eligible.all() else eligible for eligible in masks]
             if stage == "exact":
                 return _with_documents(state, Round(state.generation, engine.exact_round(stores, masks, prepared, k)))
             ranked, probed = engine.probe_round(stores, masks, prepared, params, flags)
@@ -856,6 +868,19 @@ def _sample_vectors(sources: Sequence[Any], lengths: Sequence[int]) -> torch.Ten
         picked.append(sources[i]().float())
         total += lengths[i]
     return torch.cat(picked)
+
+
+def check_exclude_ids(exclude_ids: Iterable[str] | None) -> tuple[str, ...]:
+    """The ids of ``exclude_ids`` (any iterable of strings, None for none) as a tuple, or a clear error."""
+    if exclude_ids is None:
+        return ()
+    if isinstance(exclude_ids, (str, bytes)):
+        raise InvalidInputError("exclude_ids takes a collection of ids, not one string")
+    ids = tuple(dict.fromkeys(exclude_ids))
+    bad = next((i for i in ids if not isinstance(i, str)), None)
+    if bad is not None:
+        raise InvalidInputError(f"exclude_ids holds {bad!r}, not a string id")
+    return ids
 
 
 def check_k(k: Any) -> int:

@@ -34,7 +34,8 @@ from .engines import CompressedEngine, ExactEngine
 from .engines.pipeline import Ranked, Round, StaleSearchError, run_search
 from .errors import DocumentNotFoundError, DuplicateIdError, IndexCorruptedError, InvalidInputError, NotAnIndexError
 from .filters import Filter, compile_filter
-from .index import Document, Index, SearchHit, as_documents, check_encoder, check_k, document_matrices, query_matrices
+from .index import (Document, Index, SearchHit, as_documents, check_encoder, check_exclude_ids, check_k,
+                    document_matrices, query_matrices)
 
 SHARDS_FILE = "shards.json"
 FORMAT_NAME = "lir-agent-sharded"
@@ -223,21 +224,27 @@ class ShardedIndex:
 
     # ---------------------------------------------------------------- search
     def search(self, query: str | torch.Tensor | np.ndarray, k: int = 10, filter: Filter | None = None,
-               allow_partial: bool = False, **search_params: int) -> HitList:
+               exclude_ids: Iterable[str] | None = None, allow_partial: bool = False, **search_params: int) -> HitList:
         """Top-k documents for one query (see :meth:`search_batch`)."""
-        return self.search_batch([query], k=k, filter=filter, allow_partial=allow_partial, **search_params)[0]
+        return self.search_batch([query], k=k, filter=filter, exclude_ids=exclude_ids, allow_partial=allow_partial,
+                                 **search_params)[0]
 
     def search_batch(self, queries: Sequence[str | torch.Tensor | np.ndarray], k: int = 10,
-                     filter: Filter | None = None, allow_partial: bool = False,
-                     **search_params: int) -> list[HitList]:
+                     filter: Filter | None = None, exclude_ids: Iterable[str] | None = None,
+                     allow_partial: bool = False, **search_params: int) -> list[HitList]:
         """Top-k documents for each query over all shards. Queries are encoded once, here; each
-        round is one call per shard for the whole batch. With ``allow_partial``, shards that
-        cannot answer are left out and named in each result's ``missing_shards``."""
+        round is one call per shard for the whole batch. ``filter`` and ``exclude_ids`` (ids never
+        to return) apply before scoring, as in :meth:`Index.search`; each shard is sent only its
+        own excluded ids. With ``allow_partial``, shards that cannot answer are left out and
+        named in each result's ``missing_shards``."""
         k = check_k(k)
         if isinstance(queries, (str, torch.Tensor, np.ndarray)):
             raise InvalidInputError("search_batch takes a list of queries")
         params = self._engine.search_params(k, search_params)
         compile_filter(filter)
+        excluded: dict[int, list[str]] = defaultdict(list)
+        for doc_id in check_exclude_ids(exclude_ids):
+            excluded[shard_of(doc_id, self.num_shards)].append(doc_id)
         if len(queries) == 0:
             return []
         prepared = self._share(query_matrices(queries, self.dim, lambda: self.encoder))
@@ -247,8 +254,8 @@ class ShardedIndex:
             def fan_out(stage: str, round_params: Any, selections: list[list[Ranked] | None] | None,
                         flags: list[bool] | None) -> list[Round | None]:
                 asked = [s for s in range(self.num_shards) if selections is None or selections[s] is not None]
-                args = [(stage, prepared, k, round_params, filter, None if selections is None else selections[s], flags)
-                        for s in asked]
+                args = [(stage, prepared, k, round_params, filter, None if selections is None else selections[s], flags,
+                         tuple(excluded.get(s, ()))) for s in asked]
                 answers = dict(zip(asked, self.shards.fan_out("search_round", args, shards=asked,
                                                               allow_partial=allow_partial)))
                 missing.update(s for s, r in answers.items() if r is None)

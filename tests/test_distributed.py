@@ -169,3 +169,14 @@ def test_ray_index_threads_search_while_another_writes_and_replicas_see_other_wr
         for _ in range(4):  # both replicas answer in turn
             assert index.search(q, k=1)[0].id == f"fresh{target}"
             assert len(index) == 80
+
+
+def test_ray_index_excludes_ids_like_the_local_index(ray_cluster, built, corpus, encoder):
+    single, path = built
+    queries = queries_for(corpus[2], 4, seed=9)
+    excluded = {h.id for q in queries for h in single.search(q, k=8)}
+    with RayIndex.open(path, encoder, num_cpus_per_shard=ACTOR_CPUS) as index:
+        for e, g in zip(single.search_batch(queries, k=10, exclude_ids=excluded),
+                        index.search_batch(queries, k=10, exclude_ids=excluded)):
+            same_results(e, g)
+            assert len(g) == 10 and not {h.id for h in g} & excluded

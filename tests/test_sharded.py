@@ -170,3 +170,35 @@ def test_reshard_search_and_info_from_the_command_line(tmp_path, sample_index_pa
     hits = json.loads(capsys.readouterr().out)
     assert [h["id"] for h in hits] == [h.id for h in Index.open(sample_index_path).search("Which band released the album?", k=3)]
     assert main(["reshard", str(tmp_path / "three"), str(tmp_path / "three"), "--shards", "2"]) == 2
+
+
+@pytest.mark.parametrize("kind", ["exact", "compressed"])
+def test_exclude_ids_returns_the_best_documents_not_excluded(tmp_path, encoder, corpus, codec, kind):
+    """Exclusion applies before scoring, like a filter: the best k of the rest (k of them
+    whenever k remain), the same as searching an index where those documents were deleted, on
+    one index and sharded alike; exact search equals the exact ranking with the ids removed."""
+    single, sharded = build_pair(tmp_path, encoder, corpus, codec if kind == "compressed" else None, num_shards=3)
+    queries = queries_for(corpus[2], 6, seed=8)
+    rankings = [single.search(q, k=len(single)) for q in queries]
+    excluded = {h.id for ranking in rankings for h in ranking[:12]} | {"no-such-id"}
+    without = build_pair(tmp_path / "without", encoder, corpus, codec if kind == "compressed" else None, num_shards=2)
+    for index in without:
+        index.delete(list(excluded & set(index.ids())))
+    for q, ranking in zip(queries, rankings):
+        for flt in (None, {"group": {"$in": [1, 2]}}):
+            for k in (1, 10):
+                reference = without[0].search(q, k=k, filter=flt)
+                assert len(reference) == k
+                for index in (single, sharded):
+                    got = index.search(q, k=k, filter=flt, exclude_ids=excluded)
+                    assert [h.id for h in got] == [h.id for h in reference]
+                    np.testing.assert_allclose([h.score for h in got], [h.score for h in reference], atol=1e-5)
+                if kind == "exact" and flt is None:
+                    assert [h.id for h in reference] == [h.id for h in ranking if h.id not in excluded][:k]
+    everything = list(single.ids())
+    assert single.search(queries[0], k=5, exclude_ids=everything) == []
+    assert {h.id for h in sharded.search(queries[0], k=5, exclude_ids=everything[:-2])} == set(everything[-2:])
+    with pytest.raises(InvalidInputError, match="exclude_ids"):
+        single.search(queries[0], exclude_ids="one-id")
+    with pytest.raises(InvalidInputError, match="exclude_ids"):
+        sharded.search(queries[0], exclude_ids=[3])
