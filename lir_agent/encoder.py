@@ -21,8 +21,9 @@ import json
 import string
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, NamedTuple, Sequence
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
@@ -36,6 +37,13 @@ DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "default"}
 
 CheckpointFormat = Literal["pylate", "stanford", "transformers"]
+
+
+class TokenSpans(NamedTuple):
+    """The tokens behind the rows of one text's token matrix (see :meth:`Encoder.token_spans`)."""
+
+    tokens: list[str]  # one per row, as the tokenizer writes it ("quark", "##s", "[CLS]")
+    spans: np.ndarray  # (n_rows, 2) int64 character [start, end) in the text; (-1, -1): no text
 
 
 @dataclass(frozen=True)
@@ -267,10 +275,7 @@ class Encoder:
         if settings.query_expansion and self._mask_id is None:
             raise ValueError(f"{settings.model}: query expansion needs a [MASK] token, the tokenizer has none")
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self._skip_ids = torch.tensor(
-            sorted({i for i in (self._token_id(w, strict=False) for w in settings.skiplist) if i is not None}),
-            dtype=torch.long,
-        )
+        self._skip_set = {i for i in (self._token_id(w, strict=False) for w in settings.skiplist) if i is not None}
         self._uses_token_types = "token_type_ids" in getattr(tokenizer, "model_input_names", [])
 
     @classmethod
@@ -375,14 +380,50 @@ class Encoder:
                 cut[i] = max(0, len(row) - budget)
         return cut
 
-    def _token_ids(self, texts: Sequence[str], is_query: bool) -> list[list[int]]:
+    def token_spans(self, texts: Sequence[str], is_query: bool = False) -> list[TokenSpans]:
+        """What the rows of ``encode_documents(texts)`` (``encode_queries`` with ``is_query``)
+        stand for: per text, each row's token string and (start, end) character span in the text,
+        (-1, -1) for special tokens, the query/document marker and query-expansion [MASK]s.
+        Needs a fast (Rust) tokenizer, for its offset mapping."""
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise InvalidInputError(f"{self.settings.model}: character spans need a fast tokenizer")
+        kind = "query" if is_query else "document"
+        texts = [check_text(text, f"{kind} #{i}") for i, text in enumerate(texts)]
+        encoded = self._tokenize(texts, is_query, spans=True)
+        result = []
+        for ids, offsets, special in zip(encoded["input_ids"], encoded["offset_mapping"], encoded["special_tokens_mask"]):
+            spans = [(-1, -1) if is_special else (int(a), int(b)) for (a, b), is_special in zip(offsets, special)]
+            if (self._query_marker if is_query else self._document_marker) is not None:
+                spans = spans[:1] + [(-1, -1)] + spans[1:]
+            ids = self._with_marker([ids], is_query)[0]
+            kept = self._kept_positions(ids, is_query)
+            spans += [(-1, -1)] * (len(kept) - len(spans))  # query expansion
+            ids = ids + [self._mask_id] * (len(kept) - len(ids))
+            tokens = self.tokenizer.convert_ids_to_tokens([ids[i] for i in kept])
+            result.append(TokenSpans(tokens, np.asarray([spans[i] for i in kept], dtype=np.int64).reshape(-1, 2)))
+        return result
+
+    def _tokenize(self, texts: Sequence[str], is_query: bool, spans: bool = False) -> Any:
         max_length = self.settings.query_length if is_query else self.settings.document_length
         marker = self._query_marker if is_query else self._document_marker
-        budget = max_length - (marker is not None)
-        ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=True, max_length=budget)["input_ids"]
-        if marker is not None:
-            ids = [row[:1] + [marker] + row[1:] for row in ids]
-        return ids
+        return self.tokenizer(list(texts), add_special_tokens=True, truncation=True,
+                              max_length=max_length - (marker is not None),
+                              return_offsets_mapping=spans, return_special_tokens_mask=spans)
+
+    def _with_marker(self, ids: list[list[int]], is_query: bool) -> list[list[int]]:
+        marker = self._query_marker if is_query else self._document_marker
+        return ids if marker is None else [row[:1] + [marker] + row[1:] for row in ids]
+
+    def _token_ids(self, texts: Sequence[str], is_query: bool) -> list[list[int]]:
+        return self._with_marker(self._tokenize(texts, is_query)["input_ids"], is_query)
+
+    def _kept_positions(self, ids: Sequence[int], is_query: bool) -> list[int]:
+        """Positions of a tokenized text (marker included) whose vectors the encoder returns:
+        a query's all, up to ``query_length`` with expansion [MASK]s; a document's all but the
+        skiplist's (punctuation, in ColBERT checkpoints)."""
+        if is_query:
+            return list(range(self.settings.query_length if self.settings.query_expansion else len(ids)))
+        return [i for i, token in enumerate(ids) if token not in self._skip_set]
 
     def _encode(self, texts: Sequence[str], is_query: bool, batch_size: int, show_progress: bool | None):
         if isinstance(texts, str):
@@ -422,12 +463,9 @@ class Encoder:
         states = self.projection(self.model(**inputs).last_hidden_state).float()
         if self.settings.normalize:
             states = torch.nn.functional.normalize(states, p=2, dim=-1)
-        if expand:
-            keep = torch.ones_like(real)
-        elif is_query or self._skip_ids.numel() == 0:
-            keep = real
-        else:
-            keep = real & ~torch.isin(input_ids, self._skip_ids)
+        keep = torch.zeros_like(real)
+        for row, ids in enumerate(batch):
+            keep[row, self._kept_positions(ids, is_query)] = True
         states = states.to(dtype=torch.float16, device="cpu")
         return [states[row][keep[row]] for row in range(len(batch))]
 

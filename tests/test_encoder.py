@@ -157,3 +157,27 @@ def test_packed_output_and_errors(encoder):
         encoder.encode_queries("a single string")
     with pytest.raises(ValueError, match="batch_size"):
         encoder.encode_documents(TEXTS, batch_size=0)
+
+
+@needs(PYLATE_PARTIAL)
+def test_token_spans_stand_for_the_rows_of_the_matrices(pylate_checkpoint, encoder):
+    """One span per row, in row order: the marker, special tokens and expansion [MASK]s have
+    none, skiplisted punctuation has no row, every other row's span is its token's text."""
+    directory, _ = pylate_checkpoint
+    pylate = Encoder.from_pretrained(str(directory), device="cpu")
+    for model in (pylate, encoder):
+        for is_query in (False, True):
+            spans = model.token_spans(TEXTS, is_query=is_query)
+            matrices = (model.encode_queries if is_query else model.encode_documents)(TEXTS)
+            for text, (tokens, where), matrix in zip(TEXTS, spans, matrices):
+                assert len(tokens) == where.shape[0] == matrix.shape[0]
+                for token, (start, end) in zip(tokens, where.tolist()):
+                    if start < 0:
+                        assert token in ("[CLS]", "[SEP]", "[MASK]", "[unused0]", "[unused1]")
+                    else:
+                        assert text[start:end].lower() == token.removeprefix("##").lower()
+                if model is pylate and not is_query:
+                    assert not any(t in string.punctuation for t in tokens)
+                    assert tokens[1] == "[unused1]"
+                if model is pylate and is_query:
+                    assert tokens[1] == "[unused0]" and tokens[-1] == "[MASK]" and len(tokens) == 32
