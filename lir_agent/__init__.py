@@ -11,45 +11,65 @@ The public API::
 ``Index.create(path, index_type="compressed", nbits=2)`` gives the PLAID-class engine; an index
 is exact until 250,000 tokens and compressed above by default. ``ShardedIndex`` (and, on Ray,
 ``lir_agent.distributed.RayIndex``) has the same API over shards; ``open_index`` opens either.
+
+The names below are imported on first use (PEP 562), so ``import lir_agent`` (and the
+``lir-agent`` command's argument parsing) does not load torch or transformers.
 """
 
-from .codec import ResidualCodec
-from .encoder import DEFAULT_MODEL, Encoder, EncoderSettings
-from .errors import (
-    DocumentNotFoundError,
-    DuplicateIdError,
-    EncoderMismatchError,
-    IndexCorruptedError,
-    InvalidInputError,
-    LIRError,
-    NotAnIndexError,
-)
-from .filters import Filter
-from .index import Document, Index, SearchHit
-from .maxsim import maxsim_topk
-from .packed import PackedEmbeddings
-from .sharded import ShardedIndex, open_index
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DEFAULT_MODEL",
-    "Document",
-    "DocumentNotFoundError",
-    "DuplicateIdError",
-    "Encoder",
-    "EncoderMismatchError",
-    "EncoderSettings",
-    "Filter",
-    "Index",
-    "IndexCorruptedError",
-    "InvalidInputError",
-    "LIRError",
-    "NotAnIndexError",
-    "PackedEmbeddings",
-    "ResidualCodec",
-    "SearchHit",
-    "ShardedIndex",
-    "maxsim_topk",
-    "open_index",
-]
+# public name -> the submodule that defines it
+_EXPORTS = {
+    "DEFAULT_MODEL": "encoder",
+    "Document": "index",
+    "DocumentNotFoundError": "errors",
+    "DuplicateIdError": "errors",
+    "Encoder": "encoder",
+    "EncoderMismatchError": "errors",
+    "EncoderSettings": "encoder",
+    "Filter": "filters",
+    "Index": "index",
+    "IndexCorruptedError": "errors",
+    "InvalidInputError": "errors",
+    "LIRError": "errors",
+    "NotAnIndexError": "errors",
+    "PackedEmbeddings": "packed",
+    "ResidualCodec": "codec",
+    "SearchHit": "index",
+    "ShardedIndex": "sharded",
+    "maxsim_topk": "maxsim",
+    "open_index": "sharded",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
+    from .codec import ResidualCodec
+    from .encoder import DEFAULT_MODEL, Encoder, EncoderSettings
+    from .errors import (DocumentNotFoundError, DuplicateIdError, EncoderMismatchError, IndexCorruptedError,
+                         InvalidInputError, LIRError, NotAnIndexError)
+    from .filters import Filter
+    from .index import Document, Index, SearchHit
+    from .maxsim import maxsim_topk
+    from .packed import PackedEmbeddings
+    from .sharded import ShardedIndex, open_index
+
+
+def __getattr__(name: str) -> Any:
+    """Imports the submodule that defines a public name when the name is first asked for."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's attributes and the public names not imported yet."""
+    return sorted(set(globals()) | set(_EXPORTS))

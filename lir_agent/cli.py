@@ -1,4 +1,10 @@
-"""The ``lir-agent`` command line: index, search, info, eval; reshard, build and serve (sharded indexes)."""
+"""The ``lir-agent`` command line: index, search, info, eval; reshard, build and serve (sharded indexes).
+
+Only the standard library and lir_agent's light modules are imported before the arguments are
+parsed; torch, transformers and the index are imported by the commands that use them, so
+``--help`` and argument errors answer at once. Any LIRError (and OSError) is reported as one
+``error: ...`` line on stderr with exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -9,19 +15,23 @@ import os
 import shutil
 import sys
 import time
-from itertools import islice
+from collections import Counter
+from itertools import chain, islice
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from tqdm.auto import tqdm
-
-from .corpus import read_documents
-from .errors import LIRError, NotAnIndexError
+from .corpus import NOT_TEXT_SUFFIX, NotTextError, SkippedFile, decode_text, read_documents
+from .errors import InvalidInputError, LIRError
 from .eval import DEFAULT_METRICS, evaluate, load_beir
-from .index import Index
-from .sharded import ShardedIndex, open_index, reshard
+from .filters import compile_filter
+
+if TYPE_CHECKING:
+    from .index import Index
+    from .sharded import ShardedIndex
 
 ADD_CHUNK = 2048  # documents per write while indexing a collection
+FILTER_EXAMPLE = """--filter '{"year": {"$gte": 2020}}'"""
+SEARCH_PARAMS = ("nprobe", "candidates", "rerank")
 
 
 def _batched(items: Iterable, size: int) -> Iterator[list]:
@@ -30,56 +40,165 @@ def _batched(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-def index_collection(index: Index, documents: Iterable[dict], upsert: bool = False,
-                     batch_size: int = 32, total: int | None = None) -> int:
-    """Adds a stream of documents in chunks, with one progress bar over documents."""
+def _stderr(message: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)  # keeps a progress bar on the terminal intact
+
+
+def index_collection(index: "Index", documents: Iterable[dict], upsert: bool = False,
+                     batch_size: int = 32, total: int | None = None) -> Iterator[int]:
+    """Adds a stream of documents in chunks, with one progress bar over documents. Yields, after
+    each chunk is committed, how many documents have been committed so far."""
+    from tqdm.auto import tqdm
+
     added = 0
     with tqdm(total=total, desc="indexing", unit="doc", disable=None) as progress:
         for chunk in _batched(documents, ADD_CHUNK):
             index.add(chunk, upsert=upsert, batch_size=batch_size, show_progress=False)
             added += len(chunk)
             progress.update(len(chunk))
-    return added
+            yield added
 
 
-def _open_or_create(args: argparse.Namespace, directory: str | Path) -> Index:
-    try:
-        return Index.open(directory, encoder=args.encoder)
-    except NotAnIndexError:
+def _is_new(directory: Path) -> bool:
+    """Whether an index at ``directory`` would be created (absent or an empty folder) rather than opened."""
+    return not directory.exists() or not any(directory.iterdir())
+
+
+def _open_or_create(args: argparse.Namespace, directory: str | Path) -> "Index":
+    from .index import Index
+
+    directory = Path(directory)
+    if _is_new(directory):
         return Index.create(directory, encoder=args.encoder, index_type=args.index_type, nbits=args.nbits,
                             projection_dim=args.projection_dim)
+    return Index.open(directory, encoder=args.encoder)
+
+
+def _outermost_missing(path: Path) -> Path | None:
+    """The outermost directory of ``path`` (itself or a parent) that does not exist yet, if any."""
+    missing = None
+    for candidate in (path.absolute(), *path.absolute().parents):
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
+
+
+def _undo_creation(directory: Path, missing: Path | None) -> None:
+    """Removes what creating an index at ``directory`` made: the outermost directory that did not
+    exist before, or else the contents of the empty directory that did."""
+    targets = [missing] if missing is not None else list(directory.iterdir())
+    for target in targets:
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
 
 
 def _search_params(args: argparse.Namespace) -> dict[str, int]:
-    names = ("nprobe", "candidates", "rerank")
-    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    return {name: getattr(args, name) for name in SEARCH_PARAMS if getattr(args, name) is not None}
+
+
+class SkipReport:
+    """Counts the files of a folder that were skipped, with a note on stderr for each .txt/.md file skipped."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def __call__(self, skipped: SkippedFile) -> None:
+        self.counts[skipped.reason] += 1
+        if skipped.reason != NOT_TEXT_SUFFIX:
+            _stderr(f"skipped {skipped.path}: {skipped.detail}")
+
+    def summary(self) -> str:
+        """E.g. "skipped 3 files: 1 not UTF-8 text, 2 not .txt/.md"; empty when nothing was skipped."""
+        if not self.counts:
+            return ""
+        total = sum(self.counts.values())
+        reasons = ", ".join(f"{count} {reason}" for reason, count in sorted(self.counts.items()))
+        return f"skipped {total} file{'s' if total > 1 else ''}: {reasons}"
 
 
 def cmd_index(args: argparse.Namespace) -> None:
-    index = _open_or_create(args, args.index)
+    """``index``: adds a JSONL file or a folder to an index, created if absent; a failure leaves nothing it created."""
+    directory = Path(args.index)
+    if directory.exists() and not directory.is_dir():
+        raise InvalidInputError(f"--index {directory} is a file, not an index directory")
+    skips = SkipReport()
+    documents = read_documents(args.path, strict=args.strict, on_skip=skips)
+    first = next(documents, None)  # errors of the input's start come before anything is created
+    if first is None:
+        what = "no .txt/.md files of UTF-8 text" if Path(args.path).is_dir() else "no documents"
+        empty = f"{args.path} holds {what}" + (f" ({skips.summary()})" if skips.counts else "")
+        if not args.allow_empty:
+            raise InvalidInputError(f"{empty}; nothing was indexed (--allow-empty accepts an empty input)")
+        _stderr(f"warning: {empty}")
+    else:
+        documents = chain([first], documents)
+    new, missing = _is_new(directory), _outermost_missing(directory)
     start = time.perf_counter()
-    added = index_collection(index, read_documents(args.path), upsert=args.upsert, batch_size=args.batch_size)
-    if args.compact:
-        index.compact()
+    added = 0
+    try:
+        index = _open_or_create(args, directory)
+        for added in index_collection(index, documents, upsert=args.upsert, batch_size=args.batch_size):
+            pass
+        if args.compact:
+            index.compact()
+    except BaseException as exc:
+        if new:
+            _undo_creation(directory, missing)
+        elif added:
+            exc.add_note(f"{added} documents of {args.path} were committed to {directory} before the failure")
+        raise
+    summary = f"; {skips.summary()}" if skips.counts else ""
     print(f"indexed {added} documents into {args.index} in {time.perf_counter() - start:.1f}s "
-          f"({len(index)} documents in all)")
+          f"({len(index)} documents in all){summary}")
+
+
+def _no_results(index: "Index | ShardedIndex", filter: Any) -> str:
+    """Why a search found nothing: the index is empty, or no document matches the filter."""
+    total = index.count()
+    if filter is None:
+        return f"no results: the index holds {total} documents"
+    return f"no results: {index.count(filter)} of {total} documents match the filter"
+
+
+def format_hits(hits: list, as_json: bool = False) -> str:
+    """Hits as ``search`` prints them: JSON, or a table of rank, score, id and the text's start."""
+    if as_json:
+        return json.dumps([hit.__dict__ for hit in hits], ensure_ascii=False, indent=1)
+    width = max([len(h.id) for h in hits] + [2])
+    lines = [f"{'rank':>4}  {'score':>8}  {'id':<{width}}  text"]
+    for hit in hits:
+        text = " ".join(hit.text.split())
+        lines.append(f"{hit.rank:>4}  {hit.score:8.4f}  {hit.id:<{width}}  {text[:100]}")
+    return "\n".join(lines)
 
 
 def cmd_search(args: argparse.Namespace) -> None:
+    """``search``: prints the top-k hits (a table or JSON), or why there are none."""
+    from .sharded import open_index
+
     index = open_index(args.index)
-    hits = index.search(args.query, k=args.k, filter=json.loads(args.filter) if args.filter else None,
-                        **_search_params(args))
-    if args.json:
-        print(json.dumps([hit.__dict__ for hit in hits], ensure_ascii=False, indent=1))
-        return
-    width = max([len(h.id) for h in hits] + [2])
-    print(f"{'rank':>4}  {'score':>8}  {'id':<{width}}  text")
-    for hit in hits:
-        text = " ".join(hit.text.split())
-        print(f"{hit.rank:>4}  {hit.score:8.4f}  {hit.id:<{width}}  {text[:100]}")
+    params = _search_params(args)
+    if params and index.info()["index_type"] == "exact":
+        names = ", ".join(f"--{name}" for name in params)
+        print(f"warning: {names} ignored: {args.index} is an exact index, and only compressed indexes take {names}",
+              file=sys.stderr)
+        params = {}
+    hits = index.search(args.query, k=args.k, filter=args.filter, **params)
+    if hits or args.json:
+        print(format_hits(hits, as_json=args.json))
+    if not hits:
+        print(_no_results(index, args.filter), file=sys.stderr if args.json else sys.stdout)
 
 
 def cmd_info(args: argparse.Namespace) -> None:
+    """``info``: prints an index's summary as JSON, after hashing every file with ``--verify``."""
+    from .sharded import ShardedIndex, open_index
+
     index = open_index(args.index)
     if args.verify:
         for shard in (index.shards.indexes if isinstance(index, ShardedIndex) else [index]):
@@ -98,6 +217,9 @@ def _eval_cache_dir(dataset_dir: Path, args: argparse.Namespace, cache_root: Pat
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    """``eval``: indexes a BEIR folder (cached between runs) and prints one line per metric."""
+    from .index import Index
+
     dataset_dir = Path(args.dataset)
     dataset = load_beir(dataset_dir, split=args.split)
     cache_root = Path(args.cache_dir or os.environ.get("LIR_AGENT_CACHE", Path.home() / ".cache" / "lir_agent" / "eval"))
@@ -114,7 +236,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
             shutil.rmtree(cache)
     if index is None:
         index = _open_or_create(args, cache)
-        index_collection(index, dataset.corpus, batch_size=args.batch_size, total=len(dataset.corpus))
+        for _ in index_collection(index, dataset.corpus, batch_size=args.batch_size, total=len(dataset.corpus)):
+            pass
         index.compact()
     else:
         print(f"using the cached index {cache}", file=sys.stderr)
@@ -123,22 +246,28 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def cmd_reshard(args: argparse.Namespace) -> None:
+    """``reshard``: rewrites an index into N shards."""
+    from .sharded import reshard
+
     counts = reshard(args.source, args.target, args.shards)
     print(f"wrote {counts['documents']} documents into {counts['num_shards']} shards at {args.target}")
 
 
 def cmd_build(args: argparse.Namespace) -> None:
+    """``build``: builds a sharded index on Ray."""
     from .distributed.build import build_sharded  # imports Ray
 
+    skips = SkipReport()
     start = time.perf_counter()
-    counts = build_sharded(read_documents(args.path), args.index, args.shards, model=args.encoder,
+    counts = build_sharded(read_documents(args.path, on_skip=skips), args.index, args.shards, model=args.encoder,
                            index_type=args.index_type, nbits=args.nbits, num_encoders=args.encoders,
                            encoder_gpus=args.encoder_gpus, num_gpus_per_shard=args.num_gpus_per_shard)
     print(f"built {args.index}: {counts['documents']} documents in {counts['num_shards']} shards "
-          f"in {time.perf_counter() - start:.1f}s")
+          f"in {time.perf_counter() - start:.1f}s" + (f"; {skips.summary()}" if skips.counts else ""))
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    """``serve``: serves a sharded index over HTTP on Ray Serve."""
     from .distributed import serve  # imports Ray
 
     limits = serve.Limits(max_k=args.max_k, max_query_chars=args.max_query_chars, max_batch=args.max_batch)
@@ -159,11 +288,41 @@ def _index_options(parser: argparse.ArgumentParser, default_type: str) -> None:
 
 
 def _search_options(parser: argparse.ArgumentParser) -> None:
-    for name in ("nprobe", "candidates", "rerank"):
-        parser.add_argument(f"--{name}", type=int, help=f"compressed search: {name} (default depends on k)")
+    for name in SEARCH_PARAMS:
+        parser.add_argument(f"--{name}", type=int,
+                            help=f"compressed indexes only (ignored with a warning on exact ones): {name} "
+                                 "(default depends on k)")
+
+
+def _argv_text(value: str) -> str:
+    """A text argument. Bytes of argv that are not UTF-8 arrive as lone surrogates
+    (surrogateescape); they are refused here, naming the byte."""
+    try:
+        data = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return value  # not from argv's bytes: the index's own check of the text reports it
+    try:
+        return decode_text(data)
+    except NotTextError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _filter_arg(value: str) -> Any:
+    """``--filter``: JSON in the metadata filter language, checked before anything is loaded."""
+    try:
+        spec = json.loads(value)
+        compile_filter(spec)
+    except json.JSONDecodeError as exc:
+        problem = f"not valid JSON ({exc})"
+    except InvalidInputError as exc:
+        problem = str(exc)
+    else:
+        return spec
+    raise argparse.ArgumentTypeError(f"{problem}; expected a JSON object such as {FILTER_EXAMPLE}")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``lir-agent`` and its commands."""
     parser = argparse.ArgumentParser(prog="lir-agent", description="Late-interaction retrieval for agents")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -175,13 +334,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upsert", action="store_true", help="replace documents whose ids exist")
     p.add_argument("--compact", action="store_true", help="merge segments when done")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--strict", action="store_true",
+                   help="fail on a .txt/.md file that is not UTF-8 text (default: skip it with a note)")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="accept an input without documents (a warning instead of an error)")
     p.set_defaults(func=cmd_index)
 
     p = commands.add_parser("search", help="search an index")
     p.add_argument("index")
-    p.add_argument("query")
+    p.add_argument("query", type=_argv_text)
     p.add_argument("-k", type=int, default=10)
-    p.add_argument("--filter", help='metadata filter as JSON, e.g. \'{"year": {"$gte": 2020}}\'')
+    p.add_argument("--filter", type=_filter_arg, help=f"metadata filter as a JSON object, e.g. {FILTER_EXAMPLE}")
     p.add_argument("--json", action="store_true", help="print hits as JSON")
     _search_options(p)
     p.set_defaults(func=cmd_search)
@@ -233,16 +396,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-query-chars", type=int, default=4096)
     p.add_argument("--max-batch", type=int, default=64)
     p.set_defaults(func=cmd_serve)
+    for command in commands.choices.values():
+        command.set_defaults(command_parser=command)  # argument errors show this command's usage
     return parser
 
 
+def _report(exc: BaseException) -> None:
+    """Prints an error as one ``error: ...`` line on stderr, with the notes added to it."""
+    message = "; ".join([str(exc) or type(exc).__name__, *getattr(exc, "__notes__", [])])
+    message = " ".join(message.splitlines()).encode("utf-8", "backslashreplace").decode("utf-8")
+    print(f"error: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Runs the ``lir-agent`` command. Returns 0, 2 after an error (one line on stderr) or 130
+    when interrupted; argument errors exit with status 2 and the command's usage."""
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         args.func(args)
-    except (LIRError, json.JSONDecodeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (LIRError, OSError) as exc:
+        _report(exc)
         return 2
+    except KeyboardInterrupt as exc:
+        _report(exc)
+        return 130
     return 0
 
 

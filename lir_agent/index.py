@@ -219,7 +219,7 @@ def _manifest_stamp(path: Path) -> tuple[int, int, int] | None:
     replaces the file by a rename, so a new stamp means a new generation may be there."""
     try:
         st = os.stat(path / storage.MANIFEST)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     return st.st_ino, st.st_mtime_ns, st.st_size
 
