@@ -172,3 +172,12 @@ def test_read_pages_through_a_document(index):
         pages.append(page.text)
         start = page.next_start
     assert "".join(pages) == doc.text and "(end of document)" in page.to_text()
+
+
+def test_a_session_without_citations_hands_out_the_beginnings(index):
+    plain, cited = SearchSession(index, k=3, cite=False, passage_tokens=30), SearchSession(index, k=3, passage_tokens=30)
+    a, b = plain.search(QUERIES[0]), cited.search(QUERIES[0])
+    assert [h.id for h in a.hits] == [h.id for h in b.hits]
+    assert all(h.start == 0 and h.highlights == [] and h.encoded_chars is None for h in a.hits)
+    assert any(h.start > 0 for h in b.hits) and all(h.highlights for h in b.hits[:1])
+    assert SearchSession.from_json(index, plain.to_json()).cite is False

@@ -35,7 +35,7 @@ from ..filters import compile_filter
 from ..formatting import CHARS_PER_TOKEN, approximate_tokens
 from ..index import check_k
 from ..text import check_text
-from .citations import Highlight, cite
+from .citations import Highlight, best_window, cite
 
 TRACE_FORMAT = "lir-agent-session"
 TRACE_VERSION = 1
@@ -79,9 +79,9 @@ class SessionHit:
     start: int  # character offsets of the passage in the document text
     end: int
     text_chars: int  # length of the document text
-    highlights: list[Highlight]  # spans matched by query tokens (within the encoded part)
+    highlights: list[Highlight]  # spans matched by query tokens (within the encoded part); [] without citations
     truncated: bool  # the encoder reads only the first ``encoded_chars`` characters
-    encoded_chars: int
+    encoded_chars: int | None  # None when the session does not cite
 
 
 @dataclass
@@ -128,7 +128,8 @@ class SearchResult:
                 header += "\nmatched: " + "; ".join(
                     f"{h.start}-{h.end} ({', '.join(h.query_words)})" for h in hit.highlights[:6])
             if hit.truncated:
-                header += f"\n(only the first {hit.encoded_chars} characters were searchable)"
+                header += (f"\n(only the first {hit.encoded_chars} characters were searchable)" if hit.encoded_chars
+                           else "\n(only the beginning of this document was searchable)")
             passage = " ".join(hit.passage.split())
             blocks.append(f"{header}\n{passage}")
         status = [self.message] if self.message else []
@@ -204,13 +205,16 @@ class SearchSession:
 
     ``k``: default hits per search; ``max_hops``: how many ``search``/``search_more`` calls
     may return hits; ``max_tokens``: tokens of document text (passages and reads) the session
-    may hand out in all; ``passage_tokens``: the longest passage per hit; ``count_tokens``: the
+    may hand out in all; ``passage_tokens``: the longest passage per hit; ``cite``: passages are
+    the best window around each hit's MaxSim alignment (re-encodes the k hits: see
+    :mod:`~lir_agent.agentic.citations`), else each document's beginning; ``count_tokens``: the
     model's token counter (default: four characters a token). Not for sharing between threads:
     one session per agent run.
     """
 
     def __init__(self, index: Any, k: int = 5, max_hops: int | None = None, max_tokens: int | None = None,
-                 passage_tokens: int = 200, count_tokens: Callable[[str], int] = approximate_tokens):
+                 passage_tokens: int = 200, cite: bool = True,
+                 count_tokens: Callable[[str], int] = approximate_tokens):
         self.index = index
         self.k = check_k(k)
         for name, value in (("max_hops", max_hops), ("max_tokens", max_tokens)):
@@ -219,7 +223,7 @@ class SearchSession:
         if isinstance(passage_tokens, bool) or not isinstance(passage_tokens, int) or passage_tokens < MIN_PASSAGE_TOKENS:
             raise InvalidInputError(f"passage_tokens must be an integer >= {MIN_PASSAGE_TOKENS}, got {passage_tokens!r}")
         self.max_hops, self.max_tokens, self.passage_tokens = max_hops, max_tokens, passage_tokens
-        self.count_tokens = count_tokens
+        self.cite, self.count_tokens = cite, count_tokens
         self.trace: list[TraceEvent] = []
 
     # ---------------------------------------------------------------- state, derived from the trace
@@ -289,18 +293,23 @@ class SearchSession:
         passage_tokens = self.passage_tokens
         if tokens_left is not None and found:
             passage_tokens = min(passage_tokens, tokens_left // len(found))
-        citations = cite(self.index.encoder, query, [(h.id, h.text) for h in found], passage_tokens * CHARS_PER_TOKEN)
+        passage_chars = passage_tokens * CHARS_PER_TOKEN
+        if self.cite:
+            windows = [(c.passage_start, c.passage_end, c.highlights, c.truncated, c.encoded_chars) for c in
+                       cite(self.index.encoder, query, [(h.id, h.text) for h in found], passage_chars)]
+        else:
+            cut = self.index.encoder.truncated_tokens([h.text for h in found])
+            windows = [(*best_window(h.text, [], passage_chars), [], n > 0, None) for h, n in zip(found, cut)]
         seen_before = self.seen
         hits, used = [], 0
-        for hit, citation in zip(found, citations):
-            start, end = citation.passage_start, citation.passage_end
+        for hit, (start, end, highlights, truncated, encoded_chars) in zip(found, windows):
             passage = hit.text[start:end]
             while passage and self.count_tokens(passage) > passage_tokens:  # a tokenizer denser than 4 chars/token
                 end = start + int(len(passage) * 0.9)
                 passage = hit.text[start:end]
             used += self.count_tokens(passage)
             hits.append(SessionHit(hit.id, hit.score, hit.rank, hop, hit.metadata, passage, start, end,
-                                   len(hit.text), citation.highlights, citation.truncated, citation.encoded_chars))
+                                   len(hit.text), highlights, truncated, encoded_chars))
         new = sum(1 for h in hits if h.id not in seen_before)
         self.trace.append(TraceEvent(kind, query if kind == "search" else None, filter, k, include_seen,
                                      [h.id for h in hits], [h.score for h in hits], used,
@@ -349,7 +358,7 @@ class SearchSession:
     def to_state(self) -> dict[str, Any]:
         """The session's settings and trace as a JSON-serialisable dict."""
         return {"format": TRACE_FORMAT, "version": TRACE_VERSION, "k": self.k, "max_hops": self.max_hops,
-                "max_tokens": self.max_tokens, "passage_tokens": self.passage_tokens,
+                "max_tokens": self.max_tokens, "passage_tokens": self.passage_tokens, "cite": self.cite,
                 "trace": [asdict(e) for e in self.trace]}
 
     @classmethod
@@ -362,7 +371,8 @@ class SearchSession:
             if state.get("format") != TRACE_FORMAT or state.get("version") != TRACE_VERSION:
                 raise ValueError(f"not a {TRACE_FORMAT} v{TRACE_VERSION} document")
             session = cls(index, k=state["k"], max_hops=state["max_hops"], max_tokens=state["max_tokens"],
-                          passage_tokens=state["passage_tokens"], count_tokens=count_tokens)
+                          passage_tokens=state["passage_tokens"], cite=state["cite"],
+                          count_tokens=count_tokens)
             session.trace = [TraceEvent(**event) for event in state["trace"]]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InvalidInputError(f"not a saved search session: {exc}") from exc
