@@ -147,17 +147,21 @@ def _word_end(text: str, position: int) -> int:
 
 
 def _word_boundary_after(text: str, start: int, limit: int) -> int:
-    """``start`` moved forward (not past ``limit``) out of a word it cuts."""
-    if start == 0 or not text[start - 1].isalnum() or not text[start].isalnum():
+    """``start`` moved forward (not past ``limit``) to the beginning of the next word when it
+    cuts one (a word: a run of non-space characters)."""
+    if start == 0 or text[start - 1].isspace() or text[start].isspace():
         return start
-    end_of_word = _word_end(text, start)
-    return end_of_word if end_of_word <= limit else start
+    space = start
+    while space < limit and not text[space].isspace():
+        space += 1
+    return space + 1 if space < limit else start
 
 
 def _word_boundary_before(text: str, end: int, limit: int) -> int:
-    """``end`` moved back (not before ``limit``) out of a word it cuts."""
-    if end >= len(text) or not text[end].isalnum() or not text[end - 1].isalnum():
+    """``end`` moved back (not before ``limit``) to the end of the previous word when it cuts one."""
+    if end >= len(text) or text[end].isspace() or text[end - 1].isspace():
         return end
-    start_of_word = _word_start(text, end)
-    return start_of_word if start_of_word >= limit else end
-
+    space = end
+    while space > limit and not text[space - 1].isspace():
+        space -= 1
+    return space - 1 if space > limit else end
