@@ -117,6 +117,8 @@ def test_budgets_are_never_exceeded_and_are_reported(index):
     spent = results[-1]
     assert spent.hits == [] and "budget is spent" in spent.message and "answer from the evidence" in spent.to_text()
     assert sum(e.tokens for e in session.trace) == session.budget.tokens_used
+    nothing = session.read(first.hits[0].id, start=0)
+    assert nothing.text == "" and "token budget is spent" in nothing.to_text() and "continues" not in nothing.to_text()
     hops = SearchSession(index, k=1, max_hops=1)
     hops.search(QUERIES[0])
     refused = hops.search(QUERIES[1])

@@ -161,10 +161,11 @@ class ReadResult:
     def to_text(self) -> str:
         """The content a tool hands the model."""
         head = f"document {self.id} characters {self.start}-{self.end} of {self.text_chars}"
+        if self.message:  # nothing was read: no invitation to go on
+            return "\n".join([head, f"{self.message} {self.budget.describe()}"])
         follow = (f"(continues: read again with start={self.next_start})" if self.next_start is not None
                   else "(end of document)")
-        status = [self.message] if self.message else []
-        return "\n".join([head, self.text, follow, " ".join(status + [self.budget.describe()])])
+        return "\n".join([head, self.text, follow, self.budget.describe()])
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
