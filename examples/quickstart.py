@@ -19,8 +19,17 @@ HERE = Path(__file__).resolve().parent
 CORPUS = HERE / "data" / "hotpotqa_paragraphs.jsonl"
 QUERIES = [
     "Which game was originally published as Chaos Progenitus?",
-    "Who designed Dragon Dice?",
-    "a band that formed in the 1990s in England",
+    "Who designed Dragon Dice?",  # answered by the Demon Dice paragraph: same designer
+    "Who directed The Dark Knight Rises?",
+]
+# The sample's records carry no metadata of their own; Index.add stores each record's title in it,
+# so a filter on "title" restricts a search to chosen articles: here the five flute sonatas.
+FLUTE_SONATAS = [
+    "Flute sonata",
+    "Flute Sonata (Prokofiev)",
+    "Flute sonata in G major (HWV 363b)",
+    "Flute Sonata in C major, BWV 1033",
+    "Flute sonata in B minor (HWV 367b)",
 ]
 
 
@@ -46,6 +55,8 @@ def main() -> None:
     parser.add_argument("--index", default=str(DEFAULT_INDEX))
     parser.add_argument("--limit", type=int, help="index only the first N paragraphs")
     args = parser.parse_args()
+    if args.limit is not None and args.limit <= 0:
+        parser.error(f"--limit must be a positive number of paragraphs, got {args.limit}")
 
     index = open_or_build(args.index, args.limit)
 
@@ -54,9 +65,14 @@ def main() -> None:
         for hit in index.search(query, k=3):
             title = hit.metadata.get("title", "")
             print(f"  {hit.rank}. [{hit.score:6.3f}] {hit.id} ({title}): {hit.text[:90]}...")
-    # Filters work on metadata; here the title stored from the JSONL record.
-    hits = index.search("dice game", k=2, filter={"title": {"$in": ["Demon Dice", "Dragon Dice"]}})
-    print("\nfiltered to two titles:", [(h.id, round(h.score, 3)) for h in hits])
+    query, k, only_flute_sonatas = "a sonata attributed to Bach", 3, {"title": {"$in": FLUTE_SONATAS}}
+    print(f"\n> {query}  (only the flute sonata articles)")
+    hits = index.search(query, k=k, filter=only_flute_sonatas)
+    for hit in hits:
+        print(f"  {hit.rank}. [{hit.score:6.3f}] {hit.id} ({hit.metadata['title']})")
+    if len(hits) < k:
+        print(f"  only {len(hits)} for k={k}: the filter matches {index.count(only_flute_sonatas)} of the "
+              f"{len(index)} indexed documents")
 
 
 if __name__ == "__main__":

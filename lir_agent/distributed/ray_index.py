@@ -42,12 +42,26 @@ class ShardUnavailableError(LIRError):
 def ensure_ray(address: str | None = None, **init_kwargs: Any) -> None:
     """Joins ``address`` (or ``RAY_ADDRESS``) when given, else starts a new local Ray quietly
     (never a cluster found on this machine by other means); does nothing when Ray is already
-    initialised in this process."""
+    initialised in this process.
+
+    A new local Ray turns token authentication on by default and announces it with a warning
+    ("Token authentication is enabled ... Set RAY_AUTH_MODE=disabled to opt out"): it asks
+    nothing of the user, so that one record is dropped while ``ray.init`` runs; Ray's other
+    messages still show."""
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     defaults = {"logging_level": logging.WARNING, "log_to_driver": False, "include_dashboard": False}
-    ray.init(address=address, **(defaults | init_kwargs))
+    auth_logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
+
+    def not_auth_enabled_notice(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
+
+    auth_logger.addFilter(not_auth_enabled_notice)
+    try:
+        ray.init(address=address, **(defaults | init_kwargs))
+    finally:
+        auth_logger.removeFilter(not_auth_enabled_notice)
 
 
 @ray.remote(max_restarts=-1)
