@@ -180,3 +180,12 @@ def test_ray_index_excludes_ids_like_the_local_index(ray_cluster, built, corpus,
                         index.search_batch(queries, k=10, exclude_ids=excluded)):
             same_results(e, g)
             assert len(g) == 10 and not {h.id for h in g} & excluded
+
+
+def test_asking_for_resources_the_cluster_lacks_fails_clearly(ray_cluster, built, monkeypatch, encoder):
+    from lir_agent.distributed import ray_index
+
+    _, path = built
+    monkeypatch.setattr(ray_index, "PLACEMENT_TIMEOUT_S", 2.0)
+    with pytest.raises(ShardUnavailableError, match="cannot place 3 shard.*num_gpus_per_shard"):
+        RayIndex.open(path, encoder, num_gpus_per_shard=1)

@@ -32,6 +32,7 @@ from ..sharded import ShardedIndex, checked_encoder, read_layout, shared_setting
 
 ACTOR_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError, GetTimeoutError)
 RETRY_PAUSE_S = 0.2
+PLACEMENT_TIMEOUT_S = 60.0  # a cluster that cannot place the shard actors by then never will
 INLINE_QUERY_BYTES = 256 * 1024  # query matrices up to this size travel inside the calls
 
 
@@ -89,7 +90,15 @@ class RayShards:
         self.num_shards, self.num_replicas, self.call_timeout_s = len(paths), num_replicas, call_timeout_s
         resources = {"CPU": num_cpus} | ({"GPU": num_gpus} if num_gpus > 0 else {})
         self.groups = [placement_group([resources] * num_replicas, strategy=spread) for _ in paths]
-        ray.get([group.ready() for group in self.groups])
+        try:
+            ray.get([group.ready() for group in self.groups], timeout=PLACEMENT_TIMEOUT_S)
+        except GetTimeoutError:
+            for group in self.groups:
+                remove_placement_group(group)
+            raise ShardUnavailableError(
+                f"the cluster cannot place {len(paths)} shard(s) x {num_replicas} replica(s) of {resources} "
+                f"with strategy {spread} (it has {ray.available_resources()} free): ask for fewer "
+                "resources per shard (num_cpus_per_shard, num_gpus_per_shard) or add nodes") from None
         self.replicas = [
             [ShardActor.options(num_cpus=num_cpus, num_gpus=num_gpus,
                                 scheduling_strategy=PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=r))
