@@ -1,4 +1,4 @@
-"""The ``lir-agent`` command line: index, search, info, eval; reshard, build and serve (sharded indexes).
+"""The ``lir-agent`` command line: index, search, info, eval; reshard, build and serve (sharded indexes); mcp.
 
 Only the standard library and lir_agent's light modules are imported before the arguments are
 parsed; torch, transformers and the index are imported by the commands that use them, so
@@ -279,6 +279,23 @@ def cmd_serve(args: argparse.Namespace) -> None:
               address=args.address)
 
 
+def cmd_mcp(args: argparse.Namespace) -> None:
+    """``mcp``: serves the session tools over MCP (stdio, or streamable HTTP with ``--http``)."""
+    if not args.http and (args.port is not None or args.token):
+        args.command_parser.error("--port and --token apply to --http only")
+    try:
+        from .agentic import mcp_server  # imports the mcp SDK, torch and the index
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in ("mcp", "mcp_types"):
+            raise
+        raise LIRError("the mcp command needs the MCP SDK: pip install 'lir-agent[mcp]'") from exc
+
+    mcp_server.run(args.index, http=args.http, port=mcp_server.DEFAULT_PORT if args.port is None else args.port,
+                   token=args.token or os.environ.get("LIR_AGENT_TOKEN"), ray=args.ray, address=args.address,
+                   k=args.k, max_hops=args.max_hops, max_tokens=args.max_tokens, passage_tokens=args.passage_tokens,
+                   cite=not args.no_cite)
+
+
 def _index_options(parser: argparse.ArgumentParser, default_type: str) -> None:
     parser.add_argument("--index-type", choices=["auto", "exact", "compressed"], default=default_type,
                         help=f"for a new index (default: {default_type}; auto compresses above a small corpus size)")
@@ -396,6 +413,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-query-chars", type=int, default=4096)
     p.add_argument("--max-batch", type=int, default=64)
     p.set_defaults(func=cmd_serve)
+
+    p = commands.add_parser("mcp", help="serve the agent tools (search, search_more, read_document) over MCP")
+    p.add_argument("index", help="an index directory, single or sharded")
+    p.add_argument("--http", action="store_true", help="streamable HTTP on 127.0.0.1 (default: stdio)")
+    p.add_argument("--port", type=int, help="HTTP port (default: 8001; 0: a free one, named on stderr)")
+    p.add_argument("--token", help="bearer token every HTTP request must carry (default: $LIR_AGENT_TOKEN)")
+    p.add_argument("--ray", action="store_true", help="serve the shards from Ray actors (a sharded index)")
+    p.add_argument("--address", help="with --ray: Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("-k", "--k", type=int, default=5, help="documents per search unless the model asks (default: 5)")
+    p.add_argument("--max-hops", type=int, help="searches per client session (default: no limit)")
+    p.add_argument("--max-tokens", type=int, help="tokens of text handed out per client session (default: no limit)")
+    p.add_argument("--passage-tokens", type=int, default=200, help="the longest passage per hit (default: 200)")
+    p.add_argument("--no-cite", action="store_true",
+                   help="passages from each document's beginning instead of around the match (no re-encoding)")
+    p.set_defaults(func=cmd_mcp)
     for command in commands.choices.values():
         command.set_defaults(command_parser=command)  # argument errors show this command's usage
     return parser
