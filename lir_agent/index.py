@@ -52,6 +52,7 @@ class Document:
     id: str
     text: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    truncated_tokens: int = 0  # tokens the encoder cut off the end of the text when it was indexed
 
 
 @dataclass
@@ -63,6 +64,7 @@ class SearchHit:
     rank: int
     text: str
     metadata: dict[str, Any]
+    truncated_tokens: int = 0  # tokens the encoder cut off the end of the text (not searchable)
 
 
 @dataclass
@@ -72,7 +74,6 @@ class _Segment:
     lengths: np.ndarray  # tokens per row
     documents: list[Document]
     deleted: np.ndarray  # bool per row
-    truncated: np.ndarray  # per row, tokens the encoder cut off the document's end
 
 
 def _as_document(item: Document | Mapping[str, Any], position: int) -> Document:
@@ -349,10 +350,9 @@ class Index:
             segment = loaded.get(entry["name"])
             if segment is None:
                 data = storage.read_segment(self.path, entry)
-                documents = [Document(r["id"], r["text"], r.get("metadata") or {}) for r in data.records]
-                truncated = np.asarray([r.get("truncated_tokens", 0) for r in data.records], dtype=np.int64)
-                segments.append(_Segment(entry, engine.open(data, self.device), np.diff(data.offsets), documents,
-                                         deleted, truncated))
+                documents = [Document(r["id"], r["text"], r.get("metadata") or {}, r.get("truncated_tokens", 0))
+                             for r in data.records]
+                segments.append(_Segment(entry, engine.open(data, self.device), np.diff(data.offsets), documents, deleted))
             else:
                 segments.append(replace(segment, entry=entry, deleted=deleted))
         where = {doc.id: (s, row) for s, segment in enumerate(segments)
@@ -440,7 +440,7 @@ class Index:
         """The stored document; DocumentNotFoundError if the id is unknown."""
         segment, row = self._snapshot().locate(doc_id)
         doc = segment.documents[row]
-        return Document(doc.id, doc.text, dict(doc.metadata))
+        return replace(doc, metadata=dict(doc.metadata))
 
     def get_embeddings(self, doc_id: str) -> torch.Tensor:
         """The (n_tokens, d) float16 token matrix of a document (decompressed in a compressed index,
@@ -505,9 +505,7 @@ class Index:
             return [self._round(state, stage, prepared, k, round_params, filter, selection, flags, exclude_ids)]
 
         ranked = run_search(state.engine.kind, fan_out, len(queries), 1, k, params)
-        return [[SearchHit(doc.id, score, rank, doc.text, dict(doc.metadata))
-                 for rank, (score, _, doc) in enumerate(hits, start=1)]
-                for hits in ranked]
+        return [[hit_of(doc, score, rank) for rank, (score, _, doc) in enumerate(hits, start=1)] for hits in ranked]
 
     def prepare_queries(self, matrices: list[torch.Tensor]) -> Any:
         """Query matrices made ready for :meth:`search_round` (for a compressed index: projected,
@@ -589,6 +587,7 @@ class Index:
             if embeddings is None or len(truncated_tokens) != len(docs):
                 raise InvalidInputError("truncated_tokens goes with embeddings, one count per document")
             truncated = [int(n) for n in truncated_tokens]
+        docs = [replace(doc, truncated_tokens=n) for doc, n in zip(docs, truncated)]
         with self._writing() as manifest:
             state = self._state
             if not upsert:
@@ -597,11 +596,10 @@ class Index:
             compress = manifest["compress"]
             new_tokens = sum(int(m.shape[0]) for m in matrices)
             if manifest["index_type"] == "exact" and compress and state.live_tokens() + new_tokens >= compress["min_tokens"]:
-                self._rewrite_locked(manifest, extra=(docs, matrices, truncated))  # big enough to compress now
+                self._rewrite_locked(manifest, extra=(docs, matrices))  # the corpus is now big enough to compress
                 return [d.id for d in docs]
             payloads, stats = state.engine.encode(matrices)
-            entries = self._write_rows(manifest, docs, [int(m.shape[0]) for m in matrices], truncated, iter(payloads),
-                                       state.engine)
+            entries = self._write_rows(manifest, docs, [int(m.shape[0]) for m in matrices], iter(payloads), state.engine)
             _add_drift(manifest, stats)
             self._commit(manifest, entries, state.engine)
         return [d.id for d in docs]
@@ -642,9 +640,7 @@ class Index:
             _delete_rows(manifest, [state.where[d.id] for d in docs if d.id in state.where])
             payloads = (segment.store.payload(row) for segment, row in located)
             lengths = [int(segment.lengths[row]) for segment, row in located]
-            truncated = [int(segment.truncated[row]) for segment, row in located]
-            self._commit(manifest, self._write_rows(manifest, docs, lengths, truncated, payloads, state.engine),
-                         state.engine)
+            self._commit(manifest, self._write_rows(manifest, docs, lengths, payloads, state.engine), state.engine)
         return len(docs)
 
     def compact(self) -> None:
@@ -685,11 +681,9 @@ class Index:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _write_rows(self, manifest: dict[str, Any], docs: Sequence[Document], lengths: Sequence[int],
-                    truncated: Sequence[int], payloads: Iterator[dict[str, np.ndarray]],
-                    engine: ExactEngine | CompressedEngine) -> list[dict[str, Any]]:
-        """Writes documents (with their token counts, tokens cut by the encoder, and engine
-        payloads, consumed in order) as new segments of at most MAX_SEGMENT_DOCS documents each;
-        returns their manifest entries."""
+                    payloads: Iterator[dict[str, np.ndarray]], engine: ExactEngine | CompressedEngine) -> list[dict[str, Any]]:
+        """Writes documents (with their token counts and engine payloads, consumed in order) as
+        new segments of at most MAX_SEGMENT_DOCS documents each; returns their manifest entries."""
         entries = []
         for start in range(0, len(docs), MAX_SEGMENT_DOCS):
             batch = range(start, min(start + MAX_SEGMENT_DOCS, len(docs)))
@@ -699,8 +693,8 @@ class Index:
             for i in batch:
                 doc = docs[i]
                 record = {"id": doc.id, "text": doc.text, "metadata": doc.metadata}
-                if truncated[i]:
-                    record["truncated_tokens"] = int(truncated[i])
+                if doc.truncated_tokens:
+                    record["truncated_tokens"] = doc.truncated_tokens
                 writer.append(record, next(payloads))
             entries.append(writer.finish(engine.derived))
         return entries
@@ -724,25 +718,22 @@ class Index:
         live = list(pending.live())
         payloads = (segment.store.payload(row) for segment, row, _ in live)
         lengths = [int(segment.lengths[row]) for segment, row, _ in live]
-        truncated = [int(segment.truncated[row]) for segment, row, _ in live]
         manifest["segments"] = []
-        self._commit(manifest, self._write_rows(manifest, [doc for _, _, doc in live], lengths, truncated, payloads,
-                                                engine), engine)
+        self._commit(manifest, self._write_rows(manifest, [doc for _, _, doc in live], lengths, payloads, engine), engine)
 
     def _rewrite_locked(self, manifest: dict[str, Any],
-                        extra: tuple[list[Document], list[torch.Tensor], list[int]] | None = None) -> None:
-        """Trains a new codec on the live documents (plus ``extra`` new ones: documents, token
-        matrices, tokens cut) and rewrites every document with it, publishing codec and
-        segments in one manifest swap."""
+                        extra: tuple[list[Document], list[torch.Tensor]] | None = None) -> None:
+        """Trains a new codec on the live documents (plus ``extra`` new ones with their token
+        matrices) and rewrites every document with it, publishing codec and segments in one
+        manifest swap."""
         current = self._state
         pending = self._build(manifest, current.engine, None)  # not installed: it shows pending deletions
         live = list(pending.live())
-        extra_docs, extra_vectors, extra_truncated = extra or ([], [], [])
+        extra_docs, extra_vectors = extra or ([], [])
         sources = [(lambda seg=seg, row=row: seg.store.vectors(row)) for seg, row, _ in live]
         sources += [(lambda m=m: m) for m in extra_vectors]
         lengths = [int(seg.lengths[row]) for seg, row, _ in live] + [int(m.shape[0]) for m in extra_vectors]
         docs = [doc for _, _, doc in live] + list(extra_docs)
-        truncated = [int(seg.truncated[row]) for seg, row, _ in live] + list(extra_truncated)
         compress = manifest["compress"]
         # Stored vectors of a compressed index come back decoded, in its codec's (projected) space:
         # a projected index keeps its projection and re-trains centroids and buckets there.
@@ -761,7 +752,7 @@ class Index:
                 yield from engine.encode(chunk, projected=keep_projection is not None)[0]
 
         manifest["segments"] = []
-        manifest["segments"] = self._write_rows(manifest, docs, lengths, truncated, payloads(), engine)
+        manifest["segments"] = self._write_rows(manifest, docs, lengths, payloads(), engine)
         manifest["index_type"], manifest["codec"] = "compressed", codec_entry
         self._commit(manifest, [], engine)
 
@@ -799,6 +790,11 @@ class Index:
             storage.verify_segment_files(self.path, segment.entry)
 
 
+def hit_of(doc: Document, score: float, rank: int) -> SearchHit:
+    """The search hit of a stored document (its metadata copied)."""
+    return SearchHit(doc.id, score, rank, doc.text, dict(doc.metadata), doc.truncated_tokens)
+
+
 def _with_documents(state: _Snapshot, round_: Round) -> Round:
     for ranked in round_.ranked:
         _attach_documents(state, ranked, range(len(ranked)))
@@ -820,8 +816,8 @@ def _check_new(state: _Snapshot, docs: Sequence[Document]) -> None:
 
 def _truncation(state: _Snapshot, document_length: int) -> dict[str, int]:
     """Live documents the encoder cut at ``document_length`` tokens, and the tokens cut."""
-    cut = np.concatenate([s.truncated[~s.deleted] for s in state.segments]) if state.segments else np.zeros(0, np.int64)
-    return {"documents": int((cut > 0).sum()), "tokens": int(cut.sum()), "document_length": document_length}
+    cut = [doc.truncated_tokens for _, _, doc in state.live() if doc.truncated_tokens]
+    return {"documents": len(cut), "tokens": sum(cut), "document_length": document_length}
 
 
 def _drift(state: _Snapshot) -> dict[str, float] | None:

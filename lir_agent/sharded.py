@@ -34,8 +34,8 @@ from .engines import CompressedEngine, ExactEngine
 from .engines.pipeline import Ranked, Round, StaleSearchError, run_search
 from .errors import DocumentNotFoundError, DuplicateIdError, IndexCorruptedError, InvalidInputError, NotAnIndexError
 from .filters import Filter, compile_filter
-from .index import (Document, Index, SearchHit, as_documents, check_encoder, check_exclude_ids, check_k,
-                    document_matrices, query_matrices)
+from .index import (Document, Index, as_documents, check_encoder, check_exclude_ids, check_k,
+                    document_matrices, hit_of, query_matrices)
 
 SHARDS_FILE = "shards.json"
 FORMAT_NAME = "lir-agent-sharded"
@@ -270,8 +270,7 @@ class ShardedIndex:
                     raise
         results = []
         for hits in ranked:
-            result = HitList(SearchHit(doc.id, score, rank, doc.text, dict(doc.metadata))
-                             for rank, (score, _, doc) in enumerate(hits, start=1))
+            result = HitList(hit_of(doc, score, rank) for rank, (score, _, doc) in enumerate(hits, start=1))
             result.missing_shards = tuple(sorted(missing))
             results.append(result)
         return results

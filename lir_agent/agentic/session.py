@@ -299,8 +299,7 @@ class SearchSession:
             windows = [(c.passage_start, c.passage_end, c.highlights, c.truncated, c.encoded_chars) for c in
                        cite(self.index.encoder, query, [(h.id, h.text) for h in found], passage_chars)]
         else:
-            cut = self.index.encoder.truncated_tokens([h.text for h in found])
-            windows = [(*best_window(h.text, [], passage_chars), [], n > 0, None) for h, n in zip(found, cut)]
+            windows = [(*best_window(h.text, [], passage_chars), [], h.truncated_tokens > 0, None) for h in found]
         seen_before = self.seen
         hits, used = [], 0
         for hit, (start, end, highlights, truncated, encoded_chars) in zip(found, windows):
