@@ -12,9 +12,9 @@
    hand out the same passages per hit; we count tokens handed out, distinct documents, tokens
    per distinct document, and the share of questions with every gold paragraph among them.
 
-    python benchmarks/agent_session.py [--queries 60] [--questions 100]
+    python benchmarks/agent_session.py [--queries 60] [--questions 100] [--sections overhead citations dedup]
 
-Results go to benchmarks/results/agent_session.json.
+Results go to benchmarks/results/agent_session.json (sections not rerun are kept).
 """
 
 from __future__ import annotations
@@ -137,21 +137,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=60)
     parser.add_argument("--questions", type=int, default=100)
+    parser.add_argument("--sections", nargs="+", choices=["overhead", "citations", "dedup"],
+                        default=["overhead", "citations", "dedup"])
     args = parser.parse_args()
     torch.set_num_threads(1)
     RESULTS.mkdir(exist_ok=True)
+    output = RESULTS / "agent_session.json"
+    results = json.loads(output.read_text()) if output.exists() else {}
     queries = list(load_beir(DATA / "scifact").queries.values())[: args.queries]
     index = compressed_scifact()
-    results = {"overhead": overhead(index, queries)}
-    row = results["overhead"]
-    print(f"session overhead (SciFact, 2-bit, k=10, {row['queries']} queries): bare search p50 "
-          f"{row['bare_p50_ms']:.1f} ms; session +{row['overhead_first_hop_ms']:.2f} ms "
-          f"({row['overhead_first_hop_pct']:.1f}%) at hop 1, +{row['overhead_fifth_hop_ms']:.2f} ms "
-          f"({row['overhead_fifth_hop_pct']:.1f}%) at hop 5 (40 excluded)", flush=True)
-    results["citations"] = citation_cost(index, queries[:30])
-    print(f"citations: {results['citations']['per_hit_p50_ms']:.1f} ms per hit p50 "
-          f"({results['citations']['per_hit_p95_ms']:.1f} p95)", flush=True)
-    for name in ("hotpotqa_train100", "musique_train100"):
+    if "overhead" in args.sections:
+        row = results["overhead"] = overhead(index, queries)
+        print(f"session overhead (SciFact, 2-bit, k=10, {row['queries']} queries): bare search p50 "
+              f"{row['bare_p50_ms']:.1f} ms; session +{row['overhead_first_hop_ms']:.2f} ms "
+              f"({row['overhead_first_hop_pct']:.1f}%) at hop 1, +{row['overhead_fifth_hop_ms']:.2f} ms "
+              f"({row['overhead_fifth_hop_pct']:.1f}%) at hop 5 (40 excluded)", flush=True)
+    if "citations" in args.sections:
+        results["citations"] = citation_cost(index, queries[:30])
+        print(f"citations: {results['citations']['per_hit_p50_ms']:.1f} ms per hit p50 "
+              f"({results['citations']['per_hit_p95_ms']:.1f} p95)", flush=True)
+    for name in ("hotpotqa_train100", "musique_train100") if "dedup" in args.sections else ():
         row = results[name] = deduplication(name, args.questions)
         for mode in ("repeats", "dedup"):
             r = row[mode]
@@ -160,7 +165,7 @@ def main() -> None:
                   f"{r['all_gold_share']:.0%}", flush=True)
         print(f"{name}: deduplication saves {row['tokens_per_document_saved_pct']:.0f}% of the tokens per document",
               flush=True)
-    (RESULTS / "agent_session.json").write_text(json.dumps(results, indent=1))
+    output.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
