@@ -26,7 +26,7 @@ PLAN = [
     "Maximum Overdrive film director",  # the film named in the first hop's best passage
     "Maximum Overdrive",  # a third look: does it still bring anything new?
 ]
-STOP_BELOW = 0.5  # stop when a hop's best score falls under half of the first hop's
+STOP_BELOW = 0.8  # stop when a hop's best score per query token falls under 80% of the first hop's
 
 
 def main() -> None:
@@ -42,7 +42,8 @@ def main() -> None:
         print(f"--- hop {result.hop}: search({query!r})")
         for hit in result.hits:
             words = ", ".join(f"{'/'.join(h.query_words)}@{h.start}" for h in hit.highlights[:5])
-            print(f"  [{hit.rank}] {hit.id} score {hit.score:.2f} chars {hit.start}-{hit.end}  matched: {words}")
+            print(f"  [{hit.rank}] {hit.id} score {hit.score:.2f} chars {hit.start}-{hit.end}"
+                  + (f"  matched: {words}" if words else ""))
             print(f"      {' '.join(hit.passage.split())[:160]}")
         print(f"  {result.novelty()} {result.budget.describe()}")
         if result.relative_best is not None and result.relative_best < STOP_BELOW:

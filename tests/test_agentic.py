@@ -183,3 +183,39 @@ def test_a_session_without_citations_hands_out_the_beginnings(index):
     assert all(h.start == 0 and h.highlights == [] and h.encoded_chars is None for h in a.hits)
     assert any(h.start > 0 for h in b.hits) and all(h.highlights for h in b.hits[:1])
     assert SearchSession.from_json(index, plain.to_json()).cite is False
+
+
+def test_citations_from_stored_matrices_equal_re_encoded_ones_and_skip_punctuation(index, encoder):
+    query = "Who directed the film that was shot in or around Leland, North Carolina in 1986?"
+    hits = index.search(query, k=5)
+    documents = [(h.id, h.text) for h in hits]
+    fresh = cite(encoder, query, documents, 300)
+    stored = cite(encoder, query, documents, 300, doc_matrices=[index.get_embeddings(h.id) for h in hits])
+    wrong = cite(encoder, query, documents, 300, doc_matrices=[index.get_embeddings(h.id)[:3] for h in hits])
+    for a, b, c in zip(fresh, stored, wrong):
+        assert [(m.start, m.end) for m in a.matches] == [(m.start, m.end) for m in b.matches] == \
+               [(m.start, m.end) for m in c.matches]  # a matrix that is not the text's is re-encoded
+        assert a.highlights == b.highlights
+        for h in a.highlights:  # no highlight stands on punctuation alone; each holds its matched tokens
+            assert any(ch.isalnum() for ch in dict(documents)[a.doc_id][h.start:h.end])
+
+
+def test_novelty_compares_scores_per_query_token(index):
+    session = SearchSession(index, k=2, cite=False)
+    long = session.search(QUERIES[0])
+    short = session.search("Chaos Progenitus")
+    assert short.query_tokens < long.query_tokens and short.first_hop_query_tokens == long.query_tokens
+    assert short.relative_best == pytest.approx((short.best_score / short.query_tokens)
+                                                / (long.best_score / long.query_tokens))
+    assert "per query token" in short.novelty()
+
+
+def test_a_malformed_trace_is_refused(index):
+    session = SearchSession(index, k=2)
+    session.search(QUERIES[0])
+    state = session.to_state()
+    for change in ({"tokens": -500}, {"ids": "abc"}, {"kind": "delete"}, {"scores": [1.0]}):
+        bad = json.loads(json.dumps(state))
+        bad["trace"][0].update(change)
+        with pytest.raises(InvalidInputError, match="not a saved search session"):
+            SearchSession.from_json(index, bad)

@@ -16,9 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import torch
+
 from ..encoder import Encoder
 
-MIN_SIMILARITY = 0.5  # weaker matches (a query's "which" finding "by") are not highlighted
+MIN_SIMILARITY = 0.65  # weaker matches (a query's "which" finding "by", "was" finding "was") are not highlighted
 
 
 @dataclass
@@ -59,22 +61,34 @@ class Citation:
 
 
 def cite(encoder: Encoder, query: str, documents: Sequence[tuple[str, str]], passage_chars: int,
-         min_similarity: float = MIN_SIMILARITY) -> list[Citation]:
+         min_similarity: float = MIN_SIMILARITY, query_matrix: torch.Tensor | None = None,
+         doc_matrices: Sequence[torch.Tensor | None] | None = None) -> list[Citation]:
     """Citations of ``documents`` ((id, text) pairs) for ``query``: the MaxSim alignment mapped
     to character spans; the matches of query words (not special tokens, expansion [MASK]s or
-    punctuation) with a similarity of at least ``min_similarity`` merged into whole-word
-    highlights; the best window of at most ``passage_chars`` characters around them. Raises
-    InvalidInputError for text that is not text."""
+    punctuation) to word tokens of the document with a similarity of at least
+    ``min_similarity``, merged into whole-word highlights; the best window of at most
+    ``passage_chars`` characters around them. Raises InvalidInputError for text that is not text.
+
+    ``query_matrix``: the query's (n_tokens, dim) encoding, if already computed;
+    ``doc_matrices``: per document, its stored (n_tokens, dim) token matrix (an index's
+    ``get_embeddings``) or None. A stored matrix with one row per token of the text (what the
+    index's encoder made of it) is aligned as is, which costs a tokenization instead of an
+    encoder run; any other is re-encoded from the text.
+    """
     if not documents:
         return []
     texts = [text for _, text in documents]
-    query_matrix = encoder.encode_queries([query])[0].float()
+    query_matrix = (encoder.encode_queries([query])[0] if query_matrix is None else query_matrix).float()
     query_tokens = encoder.token_spans([query], is_query=True)[0]
     words = [query[_word_start(query, a):_word_end(query, b)].lower() if a >= 0 else token
              for token, (a, b) in zip(query_tokens.tokens, query_tokens.spans.tolist())]
     is_words = [a >= 0 and any(c.isalnum() for c in query[a:b]) for a, b in query_tokens.spans.tolist()]
-    doc_matrices = encoder.encode_documents(texts, show_progress=False)
     doc_spans = encoder.token_spans(texts)
+    doc_matrices = list(doc_matrices) if doc_matrices is not None else [None] * len(texts)
+    stale = [i for i, (m, (tokens, _)) in enumerate(zip(doc_matrices, doc_spans))
+             if m is None or tuple(m.shape) != (len(tokens), query_matrix.shape[1])]
+    for i, matrix in zip(stale, encoder.encode_documents([texts[i] for i in stale], show_progress=False) if stale else []):
+        doc_matrices[i] = matrix
     truncated = encoder.truncated_tokens(texts)
     citations = []
     for (doc_id, text), matrix, (_, spans), cut in zip(documents, doc_matrices, doc_spans, truncated):
@@ -82,12 +96,18 @@ def cite(encoder: Encoder, query: str, documents: Sequence[tuple[str, str]], pas
         best, where = similarity.max(dim=1)
         matches = [TokenMatch(query_tokens.tokens[i], words[i], i, int(spans[j][0]), int(spans[j][1]), float(best[i]))
                    for i, j in enumerate(where.tolist())]
-        visible = [m for m, is_word in zip(matches, is_words) if is_word and m.start >= 0 and m.similarity >= min_similarity]
+        visible = [m for m, is_word in zip(matches, is_words)
+                   if is_word and m.similarity >= min_similarity and _has_word(text, m.start, m.end)]
         highlights = merge_highlights(text, visible)
         start, end = best_window(text, highlights, passage_chars)
         encoded = int(spans[:, 1].max()) if len(spans) and spans[:, 1].max() > 0 else 0
         citations.append(Citation(doc_id, float(best.sum()), matches, highlights, start, end, encoded, cut > 0, len(text)))
     return citations
+
+
+def _has_word(text: str, start: int, end: int) -> bool:
+    """Whether [start, end) of ``text`` is a word token (not a special token, not punctuation)."""
+    return start >= 0 and any(c.isalnum() for c in text[start:end])
 
 
 def merge_highlights(text: str, matches: Sequence[TokenMatch]) -> list[Highlight]:

@@ -30,7 +30,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Literal
 
-from ..errors import InvalidInputError
+from pydantic import TypeAdapter, ValidationError
+
+from ..errors import DocumentNotFoundError, InvalidInputError
 from ..filters import compile_filter
 from ..formatting import CHARS_PER_TOKEN, approximate_tokens
 from ..index import check_k
@@ -40,6 +42,7 @@ from .citations import Highlight, best_window, cite
 TRACE_FORMAT = "lir-agent-session"
 TRACE_VERSION = 1
 MIN_PASSAGE_TOKENS = 16  # a hit is not handed out with less text than this
+MAX_WORD_CHARS = 30  # a matched query word is shown at most this long
 TOKENS_SPENT = "The token budget is spent: answer from the evidence gathered so far."
 
 
@@ -100,13 +103,17 @@ class SearchResult:
     tokens: int  # tokens of passage text handed out by this call
     budget: Budget
     message: str | None = None  # in words: a budget spent, nothing new, ...
+    query_tokens: int = 0  # rows of this call's query matrix (MaxSim sums over them)
+    first_hop_query_tokens: int = 0
 
     @property
     def relative_best(self) -> float | None:
-        """This call's best score over the first hop's (< 1: weaker evidence than at the start)."""
-        if self.best_score is None or not self.first_hop_best:
+        """This call's best score per query token over the first hop's (< 1: weaker evidence
+        than at the start). Per token, because MaxSim sums over the query's tokens: a short
+        rephrasing scores lower than a long question without matching worse."""
+        if self.best_score is None or not self.first_hop_best or not self.query_tokens or not self.first_hop_query_tokens:
             return None
-        return self.best_score / self.first_hop_best
+        return (self.best_score / self.query_tokens) / (self.first_hop_best / self.first_hop_query_tokens)
 
     def novelty(self) -> str:
         """One line on what this call added."""
@@ -114,7 +121,8 @@ class SearchResult:
             return "No new documents."
         line = f"{self.new} new document{'s' if self.new != 1 else ''} ({self.seen} seen in this session)"
         if self.relative_best is not None and self.hop > 1:
-            line += f"; best score {self.best_score:.2f} = {self.relative_best:.0%} of the first search's best"
+            line += (f"; best score per query token {self.best_score / self.query_tokens:.2f} = "
+                     f"{self.relative_best:.0%} of the first search's")
         return line + "."
 
     def to_text(self) -> str:
@@ -126,7 +134,8 @@ class SearchResult:
                       f"of {hit.text_chars}")
             if hit.highlights:
                 header += "\nmatched: " + "; ".join(
-                    f"{h.start}-{h.end} ({', '.join(h.query_words)})" for h in hit.highlights[:6])
+                    f"{h.start}-{h.end} ({', '.join(w[:MAX_WORD_CHARS] for w in h.query_words[:6])})"
+                    for h in hit.highlights[:6])
             if hit.truncated:
                 header += (f"\n(only the first {hit.encoded_chars} characters were searchable)" if hit.encoded_chars
                            else "\n(only the beginning of this document was searchable)")
@@ -188,6 +197,7 @@ class TraceEvent:
     ms: float = 0.0
     hop: int = 0  # searches: the hop; reads: 0
     start: int | None = None  # reads: where the window started
+    query_tokens: int = 0  # searches: rows of the query matrix
 
 
 @dataclass
@@ -250,8 +260,10 @@ class SearchSession:
                 found.setdefault(doc_id, Evidence(doc_id, event.hop, query, score, rank))
         return list(found.values())
 
-    def _first_hop_best(self) -> float | None:
-        return next((e.scores[0] for e in self.trace if e.kind != "read" and e.scores), None)
+    def _first_hop_best(self) -> tuple[float | None, int]:
+        """The best score of the first search with hits, and its query's token count."""
+        first = next((e for e in self.trace if e.kind != "read" and e.scores), None)
+        return (None, 0) if first is None else (first.scores[0], first.query_tokens)
 
     # ---------------------------------------------------------------- calls
     def search(self, query: str, k: int | None = None, filter: Any = None, include_seen: bool = False) -> SearchResult:
@@ -284,20 +296,24 @@ class SearchSession:
         budget = self.budget
         refusal = _spent(budget)
         if refusal:
-            return SearchResult(kind, query, filter, 0, [], 0, len(self.seen), None, self._first_hop_best(), 0,
-                                budget, refusal)
+            first_best, first_tokens = self._first_hop_best()
+            return SearchResult(kind, query, filter, 0, [], 0, len(self.seen), None, first_best, 0, budget, refusal,
+                                first_hop_query_tokens=first_tokens)
         hop = budget.hops_used + 1
         tokens_left = budget.tokens_left
         if tokens_left is not None:  # no more hits than the budget gives each a useful passage
             k = min(k, tokens_left // MIN_PASSAGE_TOKENS)
-        found = self.index.search(query, k=k, filter=filter, exclude_ids=exclude)
+        encoder = self.index.encoder
+        query_matrix = encoder.encode_queries([query])[0]  # once, for the search and the citations
+        found = self.index.search(query_matrix, k=k, filter=filter, exclude_ids=exclude)
         passage_tokens = self.passage_tokens
         if tokens_left is not None and found:
             passage_tokens = min(passage_tokens, tokens_left // len(found))
         passage_chars = passage_tokens * CHARS_PER_TOKEN
         if self.cite:
             windows = [(c.passage_start, c.passage_end, c.highlights, c.truncated, c.encoded_chars) for c in
-                       cite(self.index.encoder, query, [(h.id, h.text) for h in found], passage_chars)]
+                       cite(encoder, query, [(h.id, h.text) for h in found], passage_chars, query_matrix=query_matrix,
+                            doc_matrices=[self._stored_matrix(h.id) for h in found])]
         else:
             windows = [(*best_window(h.text, [], passage_chars), [], h.truncated_tokens > 0, None) for h in found]
         seen_before = self.seen
@@ -313,11 +329,21 @@ class SearchSession:
         new = sum(1 for h in hits if h.id not in seen_before)
         self.trace.append(TraceEvent(kind, query if kind == "search" else None, filter, k, include_seen,
                                      [h.id for h in hits], [h.score for h in hits], used,
-                                     round((time.perf_counter() - started) * 1000, 3), hop))
+                                     round((time.perf_counter() - started) * 1000, 3), hop,
+                                     query_tokens=int(query_matrix.shape[0])))
         message = None if hits else ("No documents left that match." if filter is None
                                      else "No documents left that match the filter.")
+        first_best, first_tokens = self._first_hop_best()
         return SearchResult(kind, query, filter, hop, hits, new, len(self.seen), hits[0].score if hits else None,
-                            self._first_hop_best(), used, self.budget, message)
+                            first_best, used, self.budget, message, int(query_matrix.shape[0]), first_tokens)
+
+    def _stored_matrix(self, doc_id: str) -> Any:
+        """The index's stored token matrix of a hit (its citation then needs no encoder run), or
+        None if it is gone (deleted since the search)."""
+        try:
+            return self.index.get_embeddings(doc_id)
+        except DocumentNotFoundError:
+            return None
 
     def read(self, doc_id: str, start: int = 0, max_tokens: int | None = None) -> ReadResult:
         """A window of document ``doc_id``'s text from character ``start``, of at most
@@ -373,10 +399,16 @@ class SearchSession:
             session = cls(index, k=state["k"], max_hops=state["max_hops"], max_tokens=state["max_tokens"],
                           passage_tokens=state["passage_tokens"], cite=state["cite"],
                           count_tokens=count_tokens)
-            session.trace = [TraceEvent(**event) for event in state["trace"]]
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            session.trace = [_TRACE_EVENT.validate_python(event) for event in state["trace"]]
+            if any(e.tokens < 0 or e.hop < 0 or e.query_tokens < 0 or len(e.ids) != len(e.scores) and e.kind != "read"
+                   for e in session.trace):
+                raise ValueError("a trace event has negative counts, or ids and scores that do not pair up")
+        except (ValueError, KeyError, TypeError, AttributeError, ValidationError) as exc:
             raise InvalidInputError(f"not a saved search session: {exc}") from exc
         return session
+
+
+_TRACE_EVENT = TypeAdapter(TraceEvent)
 
 
 def _spent(budget: Budget) -> str | None:
