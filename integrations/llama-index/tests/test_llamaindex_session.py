@@ -13,6 +13,7 @@ from llama_index.core.llms.mock import MockFunctionCallingLLM
 from llama_index.core.workflow import Context
 
 from llama_index.retrievers.lir import SESSION_KEY, make_session_tools
+from lir_agent import NotAnIndexError
 from conftest import count_loop_ticks
 from lir_agent import Index
 from lir_agent.agentic import SearchSession
@@ -79,6 +80,17 @@ def test_tools_are_the_shared_definitions(index):
 def test_bad_settings_fail_when_the_tools_are_made(index):
     with pytest.raises(ValueError, match="passage_tokens"):
         make_session_tools(index, passage_tokens=1)
+    with pytest.raises(NotAnIndexError, match="not a lir_agent index"):
+        make_session_tools("no/such/index")
+
+
+async def test_an_index_path_is_opened_once(sample_index_path):
+    tools = make_session_tools(str(sample_index_path), k=2)
+    agent = FunctionAgent(tools=tools, llm=scripted_llm([("search", {"query": QUERY})], "done"), timeout=120)
+    ctx = Context(agent)
+    await agent.run(user_msg=QUERY, ctx=ctx)
+    state = await ctx.store.get(SESSION_KEY)
+    assert len(state["trace"]) == 1 and len(state["trace"][0]["ids"]) == 2
 
 
 async def test_agent_pages_without_repeats_and_reads(index, ranking):

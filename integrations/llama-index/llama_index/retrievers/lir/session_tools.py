@@ -12,6 +12,7 @@ the content the model reads and the raw output are those of :mod:`lir_agent.agen
 # its annotation object, which a string annotation would hide.
 
 import asyncio
+import os
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -19,6 +20,8 @@ from llama_index.core.tools import FunctionTool, ToolMetadata, ToolOutput
 from llama_index.core.workflow import Context
 
 from lir_agent.agentic.session import SearchSession
+from lir_agent.sharded import open_index
+from lir_agent.text import check_path
 from lir_agent.agentic.tools import TOOLS, ToolAnswer, call_tool
 from lir_agent.errors import LIRError
 
@@ -33,7 +36,8 @@ _LOCKS: "WeakKeyDictionary[Any, asyncio.Lock]" = WeakKeyDictionary()
 def make_session_tools(index: Any, k: int = 5, max_hops: int | None = None, max_tokens: int | None = None,
                        passage_tokens: int = 200, state_key: str = SESSION_KEY) -> list[FunctionTool]:
     """The ``search``, ``search_more`` and ``read_document`` tools over ``index`` (an ``Index``,
-    ``ShardedIndex`` or ``RayIndex``), for a ``FunctionAgent`` or ``AgentWorkflow``.
+    ``ShardedIndex`` or ``RayIndex``, or the path of an index directory, opened here once), for
+    a ``FunctionAgent`` or ``AgentWorkflow``.
 
     ``k``, ``max_hops``, ``max_tokens`` and ``passage_tokens`` are the settings of each run's
     new :class:`~lir_agent.agentic.SearchSession` (checked here: bad ones raise
@@ -44,6 +48,8 @@ def make_session_tools(index: Any, k: int = 5, max_hops: int | None = None, max_
     unknown document id) give a ToolOutput with ``is_error=True`` whose content names the
     argument, and leave the stored session as it was.
     """
+    if isinstance(index, (str, os.PathLike)):
+        index = open_index(check_path(str(index), "index"))
     initial = SearchSession(index, k=k, max_hops=max_hops, max_tokens=max_tokens,
                             passage_tokens=passage_tokens).to_state()
 
