@@ -81,20 +81,24 @@ def _as_document(item: Document | Mapping[str, Any], position: int) -> Document:
     Every string in it must be text (no lone surrogates: :mod:`lir_agent.text`)."""
     title = None
     if isinstance(item, Document):
-        doc = Document(item.id, item.text, dict(item.metadata))
+        doc = Document(item.id, item.text, item.metadata)
     elif isinstance(item, Mapping):
         title = item.get("title")
-        doc = Document(item.get("id", item.get("_id")), item.get("text"), dict(item.get("metadata") or {}))
+        doc = Document(item.get("id", item.get("_id")), item.get("text"), item.get("metadata") or {})
     else:
         raise InvalidInputError(f"document #{position} is a {type(item).__name__}, expected a dict or Document")
     if not isinstance(doc.id, str) or not doc.id:
         raise InvalidInputError(f"document #{position} needs a non-empty string id, got {doc.id!r}")
     check_text(doc.id, f"document #{position} id")
-    if not isinstance(doc.text, str) or not doc.text.strip():
+    if not isinstance(doc.text, str):
+        raise InvalidInputError(f"document {doc.id!r}: text must be a string, got {type(doc.text).__name__}")
+    if not doc.text.strip():
         raise InvalidInputError(f"document {doc.id!r} has an empty text")
     check_text(doc.text, f"document {doc.id!r} text")
-    if not isinstance(doc.metadata, dict):
-        raise InvalidInputError(f"document {doc.id!r}: metadata must be a dict")
+    if not isinstance(doc.metadata, Mapping):
+        raise InvalidInputError(f"document {doc.id!r}: metadata must be a dict (a JSON object), "
+                                f"got {type(doc.metadata).__name__}")
+    doc.metadata = dict(doc.metadata)
     check_json(doc.metadata, f"document {doc.id!r} metadata")
     if isinstance(title, str) and title.strip():
         doc.metadata.setdefault("title", check_text(title, f"document {doc.id!r} title"))
@@ -128,6 +132,8 @@ def query_matrices(queries: Sequence[Any], dim: int, encoder: Callable[[], Encod
         check_text(text, f"query #{i}")
     matrices: list[torch.Tensor | None] = [None] * len(queries)
     for i, q in enumerate(queries):
+        if not isinstance(q, (str, torch.Tensor, np.ndarray)):
+            raise InvalidInputError(f"query #{i} must be a text or an (n_tokens, {dim}) matrix, got {type(q).__name__}")
         if not isinstance(q, str):
             matrices[i] = check_matrix(q, dim, f"query #{i} embeddings")
     if texts:

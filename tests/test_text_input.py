@@ -118,3 +118,18 @@ def test_a_sharded_index_answers_not_found_for_an_id_that_is_not_text(tmp_path, 
     assert "\ud83d" not in index
     with pytest.raises(DocumentNotFoundError):
         index.get("\ud83d")
+
+
+def test_values_of_the_wrong_type_are_named(tmp_path, encoder):
+    index = Index.create(tmp_path / "types", encoder, index_type="exact")
+    for metadata in ([1], "abc", 5):
+        with pytest.raises(InvalidInputError, match=f"metadata must be a dict .*got {type(metadata).__name__}"):
+            index.add([{"id": "a", "text": "some text", "metadata": metadata}])
+    for text in (5, b"bytes", ["a"]):
+        with pytest.raises(InvalidInputError, match=f"text must be a string, got {type(text).__name__}"):
+            index.add([{"id": "a", "text": text}])
+    index.add([{"id": "a", "text": "some text"}])
+    for query in (None, b"bytes", ["a list"], 5):
+        with pytest.raises(InvalidInputError, match=f"query #0 must be a text or an .*got {type(query).__name__}"):
+            index.search(query)
+    assert len(index) == 1
