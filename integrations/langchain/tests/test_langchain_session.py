@@ -1,22 +1,29 @@
 """The session tools in real create_agent loops driven by scripted chat models: each run (and each
 thread of a checkpointed agent) has its own session in the agent state, pages never repeat,
-parallel tool calls keep every update, budgets are reported, bad arguments are tool errors that
-leave the session unchanged, and LangChain's standard tool tests pass."""
+parallel tool calls of one step take turns (disjoint pages, budgets that hold, every update kept
+once), budgets are reported, bad arguments are tool errors that leave the session unchanged, the
+tools refuse to run outside an agent, and LangChain's standard tool tests pass."""
 
 import asyncio
+import uuid
 from typing import Any
 
 import pytest
 from langchain.agents import create_agent
+from langchain.tools import ToolRuntime
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_tests.unit_tests import ToolsUnitTests
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import START, StateGraph
+from langgraph.prebuilt import ToolNode, tools_condition
+from langgraph.runtime import ExecutionInfo
 
 from langchain_lir import LIRSessionMiddleware, LIRSessionState, LIRSessionToolkit
-from lir_agent import Index, InvalidInputError
+from lir_agent import Index, InvalidInputError, NotAnIndexError
+from lir_agent.agentic import SearchSession
 from lir_agent.agentic.tools import TOOLS
 
 QUERY = "Chaos Progenitus dice game"
@@ -110,20 +117,98 @@ def test_one_run_pages_through_a_query_without_repeats(index):
     assert [e.id for e in toolkit.session(result).evidence()] == ranked(index, QUERY, 0, 15)
 
 
-def test_parallel_tool_calls_in_one_step_keep_every_update(index):
+def test_parallel_searches_of_one_query_get_disjoint_pages(index):
     toolkit = LIRSessionToolkit(index=index, k=3)
     agent = agent_for(toolkit,
                       [("search", {"query": QUERY}), ("search", {"query": QUERY}), ("read_document", {"id": FIRST})],
                       [("search", {"query": QUERY})])
     result = agent.invoke(ask())
     left, right, read, after = tool_messages(result)
-    # calls of one step start from the same session, so the same query gets the same page twice ...
-    assert hit_ids(left) == hit_ids(right) == ranked(index, QUERY, 0, 3)
+    # the calls of one step take turns, each seeing what the ones before it returned: two pages
+    assert sorted([hit_ids(left), hit_ids(right)]) == sorted([ranked(index, QUERY, 0, 3), ranked(index, QUERY, 3, 6)])
     assert read.status == "success"
-    # ... and the reducer keeps all three calls: the next step goes on after that page
-    assert [event["kind"] for event in result["lir_session"]["trace"]] == ["search", "search", "read", "search"]
-    assert hit_ids(after) == ranked(index, QUERY, 3, 6)
+    # the reducer keeps each call once, in the order they ran; the next step goes on after both pages
+    trace = result["lir_session"]["trace"]
+    assert sorted(event["kind"] for event in trace[:3]) == ["read", "search", "search"]
+    assert [event["ids"] for event in trace if event["kind"] == "search"][:2] == [ranked(index, QUERY, 0, 3),
+                                                                                  ranked(index, QUERY, 3, 6)]
+    assert trace[3]["kind"] == "search" and len(trace) == 4
+    assert hit_ids(after) == ranked(index, QUERY, 6, 9)
     assert after.artifact["budget"]["hops_used"] == 3
+
+
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
+def test_parallel_tool_calls_never_exceed_the_budgets(index, mode):
+    toolkit = LIRSessionToolkit(index=index, k=3, max_hops=1, max_tokens=100)
+    agent = agent_for(toolkit, [("search", {"query": QUERY}), ("search", {"query": "dice game"}),
+                                ("search", {"query": QUERY})])
+    result = agent.invoke(ask()) if mode == "invoke" else asyncio.run(agent.ainvoke(ask()))
+    messages = tool_messages(result)
+    assert len(messages) == 3
+    for message in messages:  # what each call reported, in whatever order they ran
+        budget = message.artifact["budget"]
+        assert budget["hops_used"] <= 1 and budget["tokens_used"] <= 100
+    # one search ran; the two after it were told the budget is spent, and no id came back twice
+    found = [hit_ids(message) for message in messages]
+    assert sorted(map(len, found)) == [0, 0, 3]
+    assert sum("The search budget is spent (1 of 1 searches)" in message.content for message in messages) == 2
+    ids = [doc_id for page in found for doc_id in page]
+    assert len(ids) == len(set(ids))
+    budget = toolkit.session(result).budget
+    assert budget.hops_used == 1 and budget.tokens_used <= 100
+    assert [event["ids"] for event in result["lir_session"]["trace"]] == [page for page in found if page]
+
+
+async def test_concurrent_runs_with_parallel_calls_keep_their_own_sessions(index):
+    toolkit = LIRSessionToolkit(index=index, k=3)
+    agent = agent_for(toolkit, [("search", {"query": QUERY}), ("search", {"query": QUERY})],
+                      [("search", {"query": QUERY})])
+    results = await asyncio.gather(*(agent.ainvoke(ask()) for _ in range(3)))
+    for result in results:  # each run pages through the query on its own: nothing of the other runs
+        left, right, after = tool_messages(result)
+        assert sorted([hit_ids(left), hit_ids(right)]) == sorted([ranked(index, QUERY, 0, 3),
+                                                                  ranked(index, QUERY, 3, 6)])
+        assert hit_ids(after) == ranked(index, QUERY, 6, 9)
+        assert len(result["lir_session"]["trace"]) == 3
+
+
+def test_a_graph_of_your_own_with_a_tool_node_serialises_parallel_calls(index):
+    # a ToolNode in a graph of your own runs one step's calls in one task, on a thread pool
+    model = ScriptedModel(script=[[("search", {"query": QUERY})] * 3])
+    graph = StateGraph(LIRSessionState)
+    graph.add_node("model", lambda state: {"messages": [model.invoke(state["messages"])]})
+    graph.add_node("tools", ToolNode(LIRSessionToolkit(index=index, k=3).get_tools()))
+    graph.add_edge(START, "model")
+    graph.add_conditional_edges("model", tools_condition)
+    graph.add_edge("tools", "model")
+    result = graph.compile().invoke(ask())
+    pages = [hit_ids(message) for message in tool_messages(result)]
+    assert sorted(pages) == sorted(ranked(index, QUERY, start, start + 3) for start in (0, 3, 6))
+    assert [event["ids"] for event in result["lir_session"]["trace"]] == [ranked(index, QUERY, start, start + 3)
+                                                                          for start in (0, 3, 6)]
+
+
+def test_calls_of_one_step_go_on_from_each_other_unless_given_another_state(index):
+    # tool calls with one step's key (the ToolRuntime a ToolNode would inject, built by hand)
+    search = next(tool for tool in LIRSessionToolkit(index=index, k=3).get_tools() if tool.name == "search")
+    step = ExecutionInfo(checkpoint_id=str(uuid.uuid4()), checkpoint_ns="tools:task", task_id="task")
+
+    def call(saved: dict[str, Any]) -> list[list[str]]:
+        runtime = ToolRuntime(state={"lir_session": saved}, context=None, config={}, stream_writer=lambda _: None,
+                              tool_call_id="call", store=None, execution_info=step)
+        written = search.invoke({"query": QUERY, "runtime": runtime}).update["lir_session"]
+        return [event["ids"] for event in written["trace"]]
+
+    pages = [ranked(index, QUERY, start, start + 3) for start in range(0, 15, 3)]
+    assert call({}) == pages[:1]
+    assert call({}) == pages[:2]  # a sibling given the same state goes on after the first call's page
+    # a state that the calls in this process did not lead to (the step met again elsewhere) is
+    # taken as given, and the step's later calls go on from what that call wrote
+    newer = SearchSession(index, k=3)
+    for _ in range(3):
+        newer.search(QUERY)
+    assert call(newer.to_state()) == pages[:4]
+    assert call({}) == pages[:5]
 
 
 def test_threads_of_a_checkpointed_agent_keep_separate_sessions(index):
@@ -145,6 +230,20 @@ def test_threads_of_a_checkpointed_agent_keep_separate_sessions(index):
     # an empty session in the input starts the thread afresh
     assert last_page(thread_a, {**ask(), "lir_session": {}}) == ranked(index, QUERY, 0, 5)
     assert len(agent.get_state(thread_a).values["lir_session"]["trace"]) == 1
+
+
+def test_a_thread_restarted_with_parallel_calls_starts_afresh(index):
+    toolkit = LIRSessionToolkit(index=index, k=3)
+    both = [("search", {"query": QUERY}), ("search", {"query": QUERY})]
+    # two parallel searches per invocation (the model answers after them)
+    agent = create_agent(ScriptedModel(script=[both, [], both, []]), middleware=[LIRSessionMiddleware(toolkit)],
+                         checkpointer=InMemorySaver())
+    thread = {"configurable": {"thread_id": "restarted"}}
+    two_pages = sorted([ranked(index, QUERY, 0, 3), ranked(index, QUERY, 3, 6)])
+    for payload in (ask(), {**ask(), "lir_session": {}}):  # the second invocation restarts the thread's session
+        pages = [hit_ids(message) for message in tool_messages(agent.invoke(payload, thread))[-2:]]
+        assert sorted(pages) == two_pages
+        assert len(agent.get_state(thread).values["lir_session"]["trace"]) == 2
 
 
 def test_budgets_are_reported(index):
@@ -192,6 +291,33 @@ def test_an_agent_without_the_session_state_fails_loudly(index):
 def test_bad_settings_fail_when_the_toolkit_is_built(index):
     with pytest.raises(ValueError, match="max_hops must be a non-negative integer"):
         LIRSessionToolkit(index=index, max_hops=-1)
+
+
+@pytest.mark.parametrize("as_str", [True, False])
+def test_the_toolkit_opens_an_index_path_once(index, sample_index_path, as_str):
+    toolkit = LIRSessionToolkit(index=str(sample_index_path) if as_str else sample_index_path, k=5)
+    assert isinstance(toolkit.index, Index) and toolkit.index.path == index.path
+    opened = toolkit.index
+    result = agent_for(toolkit, [("search", {"query": QUERY})], [("search_more", {})]).invoke(ask())
+    first, more = tool_messages(result)
+    assert hit_ids(first) == ranked(index, QUERY, 0, 5) and hit_ids(more) == ranked(index, QUERY, 5, 10)
+    assert toolkit.index is opened
+
+
+def test_a_path_that_holds_no_index_fails_when_the_toolkit_is_built(tmp_path):
+    with pytest.raises(NotAnIndexError):
+        LIRSessionToolkit(index=str(tmp_path))
+
+
+@pytest.mark.parametrize("name, arguments", [("search", {"query": QUERY}), ("search_more", {}),
+                                             ("read_document", {"id": FIRST})])
+def test_a_tool_invoked_outside_an_agent_says_where_it_runs(index, name, arguments):
+    tool = next(tool for tool in LIRSessionToolkit(index=index).get_tools() if tool.name == name)
+    for call in (lambda: tool.invoke(arguments), lambda: asyncio.run(tool.ainvoke(arguments))):
+        with pytest.raises(InvalidInputError, match=r"run inside an agent: create_agent\(model, "
+                                                    r"middleware=\[LIRSessionMiddleware\(toolkit\)\]\).*"
+                                                    r"state_schema=LIRSessionState"):
+            call()
 
 
 class _SessionToolStandard(ToolsUnitTests):
