@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from itertools import chain, islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from .corpus import NOT_TEXT_SUFFIX, NotTextError, SkippedFile, decode_text, read_documents
 from .errors import InvalidInputError, LIRError
@@ -324,6 +324,23 @@ def _argv_text(value: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _int_range(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer from ``low`` to ``high`` (None: no limit), so that a value out
+    of range is refused naming its option before anything is loaded."""
+    bounds = f"at least {low}" if high is None else f"from {low} to {high}"
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            number = None
+        if number is None or number < low or (high is not None and number > high):
+            raise argparse.ArgumentTypeError(f"expected an integer {bounds}, got {value!r}")
+        return number
+
+    return parse
+
+
 def _filter_arg(value: str) -> Any:
     """``--filter``: JSON in the metadata filter language, checked before anything is loaded."""
     try:
@@ -417,14 +434,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("mcp", help="serve the agent tools (search, search_more, read_document) over MCP")
     p.add_argument("index", help="an index directory, single or sharded")
     p.add_argument("--http", action="store_true", help="streamable HTTP on 127.0.0.1 (default: stdio)")
-    p.add_argument("--port", type=int, help="HTTP port (default: 8001; 0: a free one, named on stderr)")
+    p.add_argument("--port", type=_int_range(0, 65535),
+                   help="HTTP port (default: 8001; 0: a free one, named on stderr)")
     p.add_argument("--token", help="bearer token every HTTP request must carry (default: $LIR_AGENT_TOKEN)")
     p.add_argument("--ray", action="store_true", help="serve the shards from Ray actors (a sharded index)")
     p.add_argument("--address", help="with --ray: Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
-    p.add_argument("-k", "--k", type=int, default=5, help="documents per search unless the model asks (default: 5)")
-    p.add_argument("--max-hops", type=int, help="searches per client session (default: no limit)")
-    p.add_argument("--max-tokens", type=int, help="tokens of text handed out per client session (default: no limit)")
-    p.add_argument("--passage-tokens", type=int, default=200, help="the longest passage per hit (default: 200)")
+    # the bounds SearchSession checks (lir_agent.index.MAX_K, MIN_PASSAGE_TOKENS; tests/test_mcp.py pins them)
+    p.add_argument("-k", "--k", type=_int_range(1, 100_000), default=5,
+                   help="documents per search unless the model asks (default: 5)")
+    p.add_argument("--max-hops", type=_int_range(0), help="searches per client session (default: no limit)")
+    p.add_argument("--max-tokens", type=_int_range(0),
+                   help="tokens of text handed out per client session (default: no limit)")
+    p.add_argument("--passage-tokens", type=_int_range(16), default=200,
+                   help="the longest passage per hit (default: 200)")
     p.add_argument("--no-cite", action="store_true",
                    help="passages from each document's beginning instead of around the match (no re-encoding)")
     p.set_defaults(func=cmd_mcp)

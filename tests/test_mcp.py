@@ -6,6 +6,7 @@ and on Ray (the sessionless 2026-07-28 protocol)."""
 
 import json
 import os
+import queue
 import re
 import shutil
 import subprocess
@@ -26,15 +27,18 @@ import lir_agent.agentic
 from lir_agent import Index, LIRError
 from lir_agent.agentic import SearchSession, mcp_server
 from lir_agent.agentic.mcp_server import build_server
+from lir_agent.agentic.session import MIN_PASSAGE_TOKENS
 from lir_agent.agentic.tools import TOOLS, call_tool
 from lir_agent.cli import main
 from lir_agent.distributed import RayIndex
+from lir_agent.index import MAX_K
 from lir_agent.sharded import ShardedIndex, reshard
 
 K = 3
 QUERY = "American football team"
 TOKEN = "mcp-s3cret"
 START_TIMEOUT_S = 120  # a loaded CI machine imports torch and loads the model slowly
+REFUSAL_TIMEOUT_S = 10  # a refused message is answered at once, without searching
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +120,78 @@ def test_stdio_tools_no_repeats_and_errors_that_leave_the_session_unchanged(inde
                 await client.call_tool("grep", {})
 
     anyio.run(run)
+
+
+class StdioWire:
+    """``lir-agent mcp`` in a subprocess, spoken to in raw JSON-RPC lines: bytes no SDK client sends."""
+
+    def __init__(self, *args: str):
+        self.process = subprocess.Popen(server_command(*args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE)
+        self.answers: queue.Queue[bytes] = queue.Queue()
+        self.stderr: list[bytes] = []
+        threading.Thread(target=lambda: [self.answers.put(line) for line in self.process.stdout], daemon=True).start()
+        threading.Thread(target=lambda: self.stderr.extend(self.process.stderr), daemon=True).start()
+
+    def send(self, message: dict, raw: bytes = b"") -> None:
+        """Writes ``message`` as one line of JSON (a lone surrogate as a ``\\udXXX`` escape), ``@@`` as ``raw``."""
+        self.process.stdin.write(json.dumps(message).encode().replace(b"@@", raw) + b"\n")
+        self.process.stdin.flush()
+
+    def request(self, id_: int | str, method: str, params: dict, raw: bytes = b"",
+                timeout: float = START_TIMEOUT_S) -> dict:
+        """Sends a request; returns the next line the server writes, which must come within ``timeout``."""
+        self.send({"jsonrpc": "2.0", "id": id_, "method": method, "params": params}, raw)
+        try:
+            return json.loads(self.answers.get(timeout=timeout))
+        except queue.Empty:
+            pytest.fail(f"no answer to {method} {params} within {timeout} s")
+
+    def close(self) -> str:
+        """Closes stdin (the server exits, else is killed); returns what the server wrote on stderr."""
+        self.process.stdin.close()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+        return b"".join(self.stderr).decode("utf-8", "replace")
+
+
+def test_stdio_refuses_lone_surrogates_and_bytes_that_are_not_utf8(index_dir, encoder):
+    ranking = [hit.id for hit in Index.open(index_dir, encoder=encoder).search(QUERY, k=2 * K)]
+    wire = StdioWire(index_dir, "--k", K)
+    try:
+        wire.request(0, "initialize", {"protocolVersion": HANDSHAKE_PROTOCOL_VERSIONS[-1], "capabilities": {},
+                                       "clientInfo": {"name": "raw", "version": "0"}})
+        wire.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+        def call(id_, arguments, raw=b"", timeout=START_TIMEOUT_S, name="search") -> dict:
+            return wire.request(id_, "tools/call", {"name": name, "arguments": arguments}, raw, timeout)
+
+        first = call(1, {"query": QUERY})
+        assert first["id"] == 1 and ids(first["result"]["structuredContent"]) == ranking[:K]
+        surrogate = "holds a lone UTF-16 surrogate"
+        for id_, answered_id, name, arguments, raw, message in [
+                (2, 2, "search", {"query": "film \ud83d"}, b"", f"params.arguments.query {surrogate} (U+D83D"),
+                (3, 3, "read_document", {"id": "\udead"}, b"", f"params.arguments.id {surrogate} (U+DEAD"),
+                (4, 4, "search", {"query": QUERY, "filter": {"year": {"$eq": "\ud83d"}}}, b"",
+                 f"params.arguments.filter.year.$eq {surrogate}"),
+                (5, 5, "search", {"query": "film @@"}, b"\xff\xfe", f"params.arguments.query {surrogate} (U+DCFF"),
+                ("\udead", None, "search", {"query": QUERY}, b"", f"id {surrogate}")]:   # an id that is not text
+            reply = call(id_, arguments, raw, REFUSAL_TIMEOUT_S, name)
+            assert reply["id"] == answered_id and reply["error"]["code"] == -32602, reply
+            assert reply["error"]["message"].startswith(message), reply
+            if raw:
+                assert "not UTF-8 (invalid start byte: byte 0xff at offset" in reply["error"]["message"]
+        wire.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "\ud83d"}})
+
+        second = call(6, {"query": QUERY})   # the next line: the notification went unanswered
+        assert second["id"] == 6
+        assert ids(second["result"]["structuredContent"]) == ranking[K:]   # the pages go on where they were
+    finally:
+        stderr = wire.close()
+    assert f"dropped a notification: params.requestId {surrogate}" in stderr
 
 
 @pytest.fixture(scope="module")
@@ -228,6 +304,14 @@ def test_http_sessions_are_per_client_and_the_token_is_required(index_dir, encod
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             refused = httpx2.post(server.url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=headers)
             assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+        search_for = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                                 "params": {"name": "search", "arguments": {"query": "film @@"}}}).encode()
+        for raw in ("\ud83d".encode("ascii", "backslashreplace"), b"\xff\xfe"):   # a JSON escape, bytes
+            refused = httpx2.post(server.url, content=search_for.replace(b"@@", raw), headers={
+                "Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["id"] == 7 and refused.json()["error"]["code"] == -32602
+            assert refused.json()["error"]["message"].startswith("params.arguments.query holds a lone UTF-16 surrogate")
     finally:
         stdout = server.stop()
     assert stdout == ""
@@ -247,6 +331,17 @@ def test_cli_options_and_errors(capsys, monkeypatch):
     with pytest.raises(SystemExit) as exit_:
         main(["mcp", "dir", "--token", TOKEN])
     assert exit_.value.code == 2 and "--port and --token apply to --http only" in capsys.readouterr().err
+    for named, option, bad, good in [("-k/--k", "-k", "0", str(MAX_K)), ("-k/--k", "--k", str(MAX_K + 1), "1"),
+                                     ("-k/--k", "-k", "five", "5"), ("--max-hops", "--max-hops", "-1", "0"),
+                                     ("--max-tokens", "--max-tokens", "-1", "0"),
+                                     ("--passage-tokens", "--passage-tokens", str(MIN_PASSAGE_TOKENS - 1),
+                                      str(MIN_PASSAGE_TOKENS)),
+                                     ("--port", "--port", "65536", "65535")]:
+        with pytest.raises(SystemExit) as exit_:   # refused naming the option, before anything is loaded
+            main(["mcp", "dir", "--http", option, bad])
+        assert exit_.value.code == 2
+        assert f"argument {named}: expected an integer " in capsys.readouterr().err
+        assert main(["mcp", "dir", "--http", option, good]) == 0   # the bounds are SearchSession's own
 
     for name in [name for name in sys.modules if name.split(".")[0] == "mcp"]:   # as if the SDK were not installed
         monkeypatch.delitem(sys.modules, name)

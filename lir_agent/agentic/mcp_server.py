@@ -15,32 +15,45 @@ A tool's answer is its text (``content``) and its JSON data (``structuredContent
 arguments come back as a tool error (``isError``) naming the argument, the session unchanged.
 Over HTTP the server binds 127.0.0.1 and, given a token, refuses any request without
 ``Authorization: Bearer <token>`` (401).
+
+Text must be text (:mod:`lir_agent.text`): a request or notification holding a lone UTF-16
+surrogate (a ``"\\ud83d"`` escape without its pair) or bytes that are not UTF-8 is refused
+before the SDK reads it (which would drop it unanswered, or replace the bytes silently), with a
+JSON-RPC error (invalid params) naming the field, e.g. ``params.arguments.query``: over stdio a
+request is answered with it and a notification is dropped with a note on stderr; over HTTP
+either gets it with status 400.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import socket
 import sys
 from contextlib import ExitStack, redirect_stdout
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 import anyio
 import anyio.to_thread
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
-from mcp.server.stdio import stdio_server
+from mcp.server.stdio import _claim_fd, _open_stdin_diversion, stdio_server
 from mcp.shared.exceptions import MCPError
+from mcp.shared.message import SessionMessage
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
-from ..errors import LIRError
+from ..errors import InvalidInputError, LIRError
+from ..text import check_json, check_text
 from .session import SearchSession
 from .tools import TOOLS, call_tool
+
+if TYPE_CHECKING:
+    from mcp.shared._context_streams import ContextSendStream
 
 HOST = "127.0.0.1"
 DEFAULT_PORT = 8001
@@ -120,6 +133,49 @@ def build_server(index: Any, *, http: bool = False, **session_options: Any) -> S
     return server
 
 
+def refusal(data: bytes) -> tuple[types.JSONRPCError, bool] | None:
+    """Whether ``data``, one JSON-RPC message (a line over stdio, a body over HTTP), is refused.
+    For a request or notification holding a lone UTF-16 surrogate or bytes that are not UTF-8
+    (read as U+DC80..U+DCFF, ``surrogateescape``): the invalid-params error naming the first such
+    field (``params.arguments.query holds a lone UTF-16 surrogate ...``) with the request's id
+    (null where the id is not text), and whether the message is a request (else a notification).
+    None for any other message: the SDK reads it as it does."""
+    try:
+        text, not_utf8 = data.decode("utf-8"), ""
+    except UnicodeDecodeError as exc:
+        text = data.decode("utf-8", "surrogateescape")
+        not_utf8 = f": the message is not UTF-8 ({exc.reason}: byte 0x{data[exc.start]:02x} at offset {exc.start})"
+    try:
+        message = json.loads(text)
+    except (ValueError, RecursionError):  # not JSON: the SDK answers that as it does
+        return None
+    if not isinstance(message, dict) or "method" not in message:
+        return None
+    try:
+        for key, value in message.items():
+            check_text(key, f"key {key!r}")
+            check_json(value, key)
+    except InvalidInputError as exc:
+        error = types.ErrorData(code=types.INVALID_PARAMS, message=f"{exc}{not_utf8}")
+        return types.JSONRPCError(jsonrpc="2.0", id=_reply_id(message.get("id")), error=error), "id" in message
+    return None
+
+
+def _reply_id(value: Any) -> types.RequestId | None:
+    """``value`` if an answer can carry it as its JSON-RPC id, else None (the id is unknown)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        return check_text(value, "id")
+    except InvalidInputError:  # not a string, or not text
+        return None
+
+
+def _error_response(error: types.JSONRPCError, status: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(error.model_dump_json(by_alias=True, exclude_unset=True), status_code=status,
+                    media_type="application/json", headers=headers)
+
+
 class BearerToken:
     """ASGI middleware: every HTTP request must carry ``Authorization: Bearer <token>``, else 401
     with a JSON-RPC error in the body (which MCP clients show as the request's error)."""
@@ -134,11 +190,68 @@ class BearerToken:
             if not hmac.compare_digest(given, self.expected):
                 error = types.JSONRPCError(jsonrpc="2.0", id=None, error=types.ErrorData(
                     code=types.INVALID_REQUEST, message="missing or wrong bearer token (HTTP 401)"))
-                refusal = Response(error.model_dump_json(by_alias=True, exclude_unset=True), status_code=401,
-                                   media_type="application/json", headers={"WWW-Authenticate": "Bearer"})
-                await refusal(scope, receive, send)
+                await _error_response(error, 401, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class TextOnly:
+    """ASGI middleware: a POSTed request or notification that :func:`refusal` refuses gets its
+    JSON-RPC error with status 400, and never reaches the SDK; any other request goes on, its
+    body replayed."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        received = [await receive()]
+        while received[-1]["type"] == "http.request" and received[-1].get("more_body", False):
+            received.append(await receive())
+        refused = refusal(b"".join(message.get("body", b"") for message in received))
+        if refused is not None:
+            await _error_response(refused[0], 400)(scope, receive, send)
+            return
+
+        async def replay() -> Any:
+            return received.pop(0) if received else await receive()
+
+        await self.app(scope, replay, send)
+
+
+class StdinLines:
+    """The SDK stdio transport's stdin: reads ``source``'s lines as bytes and hands the SDK each
+    one as text, except those :func:`refusal` refuses: a request is answered with its error on
+    the SDK's write stream (given to :meth:`answer_on`, so that answers never interleave), a
+    notification is dropped with a note on stderr."""
+
+    def __init__(self, source: anyio.AsyncFile[bytes]):
+        self.source = source
+        self.write: ContextSendStream[SessionMessage] | None = None
+        self.writable = anyio.Event()
+
+    def answer_on(self, write: ContextSendStream[SessionMessage]) -> None:
+        """Answers refused requests on ``write``, the write stream ``stdio_server`` yields."""
+        self.write = write
+        self.writable.set()
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._lines()
+
+    async def _lines(self) -> AsyncIterator[str]:
+        async for line in self.source:
+            refused = refusal(line)
+            if refused is None:
+                yield line.decode("utf-8", "replace")  # as the SDK reads stdin
+                continue
+            error, is_request = refused
+            if is_request:
+                await self.writable.wait()
+                await self.write.send(SessionMessage(error))
+            else:
+                print(f"lir-agent mcp: dropped a notification: {error.error.message}", file=sys.stderr, flush=True)
 
 
 def open_index(path: str, ray: bool, address: str | None, stack: ExitStack) -> Any:
@@ -170,14 +283,23 @@ def run(path: str, *, http: bool = False, port: int = DEFAULT_PORT, token: str |
 
 
 async def _serve_stdio(server: Server) -> None:
-    async with stdio_server() as (read, write):  # while serving, stray writes to stdout go to stderr
-        await server.run(read, write, server.create_initialization_options())
+    # The SDK reads stdin as text, replacing bytes that are not UTF-8: stdin is read here, claimed as
+    # the SDK claims it (fd 0 then reads the null device), with the SDK's own (private) helper.
+    wire, release = _claim_fd(0, sys.stdin, "rb", _open_stdin_diversion)
+    try:
+        stdin = StdinLines(anyio.wrap_file(wire))
+        async with stdio_server(stdin) as (read, write):  # while serving, stray writes to stdout go to stderr
+            stdin.answer_on(write)
+            await server.run(read, write, server.create_initialization_options())
+    finally:
+        if release is not None:
+            release()
 
 
 async def _serve_http(server: Server, path: str, port: int, token: str | None) -> None:
     import uvicorn
 
-    app = server.streamable_http_app(streamable_http_path=MCP_PATH, host=HOST)
+    app = TextOnly(server.streamable_http_app(streamable_http_path=MCP_PATH, host=HOST))
     if token:
         app = BearerToken(app, token)
     with socket.create_server((HOST, port)) as sock:
