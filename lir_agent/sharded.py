@@ -310,7 +310,8 @@ class ShardedIndex:
                                                 show_progress)
         for shard, positions in sorted(by_shard.items()):
             self.shards.call(shard, "add", [docs[i] for i in positions], embeddings=[matrices[i] for i in positions],
-                             truncated_tokens=[truncated[i] for i in positions], upsert=True)
+                             truncated_tokens=[truncated[i] for i in positions], upsert=True,
+                             embeddings_from_text=embeddings is None)  # encoded here: a re-train may re-encode
         return [d.id for d in docs]
 
     def upsert(self, documents: Sequence[Document | Mapping[str, Any]], **kwargs: Any) -> list[str]:

@@ -66,7 +66,7 @@ def build_sharded(documents: Iterable[Any], path: str | Path, num_shards: int, *
             nonlocal written
             docs, matrices, truncated = zip(*buffers.pop(shard))
             index.shards.call(shard, "add", list(docs), embeddings=list(matrices), truncated_tokens=list(truncated),
-                              upsert=True)
+                              upsert=True, embeddings_from_text=True)  # encoded from the texts here
             written += len(docs)
 
         batches = _batches(sample, stream, batch_docs)
