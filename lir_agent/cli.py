@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from .corpus import NOT_TEXT_SUFFIX, NotTextError, SkippedFile, decode_text, read_documents
-from .errors import InvalidInputError, LIRError
+from .errors import DuplicateIdError, InvalidInputError, LIRError
 from .eval import DEFAULT_METRICS, evaluate, load_beir
 from .filters import compile_filter
 
@@ -151,10 +151,12 @@ def cmd_index(args: argparse.Namespace) -> None:
             _undo_creation(directory, missing)
         elif added:
             exc.add_note(f"{added} documents of {args.path} were committed to {directory} before the failure")
+        if isinstance(exc, DuplicateIdError) and not args.upsert:
+            exc.add_note("--upsert replaces documents whose ids exist")
         raise
     summary = f"; {skips.summary()}" if skips.counts else ""
-    print(f"indexed {added} documents into {args.index} in {time.perf_counter() - start:.1f}s "
-          f"({len(index)} documents in all){summary}")
+    print(f"indexed {added} document{'' if added == 1 else 's'} into {args.index} in "
+          f"{time.perf_counter() - start:.1f}s ({len(index)} documents in all){summary}")
 
 
 def _no_results(index: "Index | ShardedIndex", filter: Any) -> str:

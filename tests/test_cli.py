@@ -95,6 +95,13 @@ def test_index_a_folder_of_files(tmp_path, capsys):
 def test_errors_are_reported_not_raised(tmp_path, jsonl, capsys, monkeypatch):
     assert main(["search", str(tmp_path / "nothing"), "q"]) == 2
     assert "not a lir_agent index" in capsys.readouterr().err
+    # adding ids that exist names the option that replaces them, and writes nothing
+    assert main(["index", str(jsonl), "--index", str(tmp_path / "dup")]) == 0
+    before = capsys.readouterr().out
+    assert main(["index", str(jsonl), "--index", str(tmp_path / "dup")]) == 2
+    assert "already in the index" in (err := capsys.readouterr().err) and "--upsert replaces" in err
+    assert main(["index", str(jsonl), "--index", str(tmp_path / "dup"), "--upsert"]) == 0
+    assert capsys.readouterr().out.split(" in ")[0] == before.split(" in ")[0]
     # a failed index command leaves nothing it created: a mistyped path fails before anything exists...
     assert main(["index", str(tmp_path / "typo.jsonl"), "--index", str(tmp_path / "new" / "idx1")]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'typo.jsonl'} does not exist\n"
