@@ -249,11 +249,8 @@ def evaluate(index: Index, ids: list[str], is_new: np.ndarray, exact: np.ndarray
 
 # ------------------------------------------------------------------ the prototype fix
 def live_segments(index: Index):
-    """(store, documents) of each segment, whichever way Index holds them (before or after the
-    snapshot refactor)."""
-    state = getattr(index, "_state", None)
-    segments = state.segments if state is not None else index._segments
-    return [(s.store, s.documents) for s in segments]
+    """(store, documents) of each segment of the index's current snapshot."""
+    return [(s.store, s.documents) for s in index._state.segments]
 
 
 @contextmanager
