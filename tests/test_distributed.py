@@ -189,3 +189,15 @@ def test_asking_for_resources_the_cluster_lacks_fails_clearly(ray_cluster, built
     monkeypatch.setattr(ray_index, "PLACEMENT_TIMEOUT_S", 2.0)
     with pytest.raises(ShardUnavailableError, match="cannot place 3 shard.*num_gpus_per_shard"):
         RayIndex.open(path, encoder, num_gpus_per_shard=1)
+
+
+def test_a_session_on_a_ray_index_pages_without_repeats(ray_cluster, built, encoder):
+    from lir_agent.agentic import SearchSession
+
+    _, path = built
+    with RayIndex.open(path, encoder, num_cpus_per_shard=ACTOR_CPUS) as index:
+        session = SearchSession(index, k=3, cite=False)
+        pages = [[h.id for h in session.search("a document of the first batch").hits] for _ in range(5)]
+        flat = [doc_id for page in pages for doc_id in page]
+        assert len(set(flat)) == 15
+        assert flat == [h.id for h in index.search("a document of the first batch", k=15)]
