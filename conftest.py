@@ -29,6 +29,18 @@ def sample_index_path(tmp_path_factory, encoder) -> Path:
     return path
 
 
+@pytest.fixture
+def two_document_index(tmp_path, encoder) -> Path:
+    """A small exact index the integrations' text-policy tests search: two documents, one
+    holding a real emoji (a valid surrogate pair), with "lang" metadata."""
+    path = tmp_path / "idx"
+    Index.create(path, encoder, index_type="exact").add([
+        {"id": "dice", "text": "Chaos Progenitus is a dice game 🎲.", "metadata": {"lang": "en"}},
+        {"id": "rome", "text": "Rome is the capital of Italy.", "metadata": {"lang": "en"}},
+    ])
+    return path
+
+
 async def count_loop_ticks(work) -> tuple[int, float, object]:
     """Awaits ``work`` while a coroutine ticks every millisecond on the same event loop; returns
     (ticks, seconds, result). A loop blocked by ``work`` ticks about once."""

@@ -8,23 +8,13 @@ import pytest
 from langchain_core.messages import ToolMessage
 
 from langchain_lir import LIRRetriever, LIRSearchTool
-from lir_agent import Index, InvalidInputError
+from lir_agent import InvalidInputError
 
 LONE = "\ud83d"
 
 
-@pytest.fixture
-def index_path(tmp_path, encoder):
-    path = tmp_path / "idx"
-    Index.create(path, encoder, index_type="exact").add([
-        {"id": "dice", "text": "Chaos Progenitus is a dice game 🎲.", "metadata": {"lang": "en"}},
-        {"id": "rome", "text": "Rome is the capital of Italy.", "metadata": {"lang": "en"}},
-    ])
-    return path
-
-
-def test_a_tool_call_holding_a_lone_surrogate_comes_back_as_a_tool_error(index_path):
-    tool = LIRSearchTool(retriever=LIRRetriever(index_path=str(index_path)))
+def test_a_tool_call_holding_a_lone_surrogate_comes_back_as_a_tool_error(two_document_index):
+    tool = LIRSearchTool(retriever=LIRRetriever(index_path=str(two_document_index)))
     for args, problem in [({"query": f"dice {LONE}"}, "query #0 holds a lone UTF-16 surrogate (U+D83D at character 5)"),
                           ({"query": "dice", "filter": {"lang": LONE}}, "filter.lang holds a lone UTF-16 surrogate")]:
         message = tool.invoke({"type": "tool_call", "name": tool.name, "args": args, "id": "call-1"})
@@ -34,16 +24,16 @@ def test_a_tool_call_holding_a_lone_surrogate_comes_back_as_a_tool_error(index_p
     assert ok.status == "success" and ok.artifact[0].id == "dice"
 
 
-async def test_the_retriever_raises_invalid_input(index_path):
-    retriever = LIRRetriever(index_path=str(index_path))
+async def test_the_retriever_raises_invalid_input(two_document_index):
+    retriever = LIRRetriever(index_path=str(two_document_index))
     with pytest.raises(InvalidInputError, match="^query #0 holds a lone UTF-16 surrogate"):
         retriever.invoke(f"{LONE}dice")
     with pytest.raises(InvalidInputError, match="^query #0 holds a lone UTF-16 surrogate"):
         await retriever.ainvoke(f"{LONE}dice")
 
 
-def test_a_configuration_holding_a_lone_surrogate_is_refused_when_built(index_path):
-    config = json.dumps(LIRRetriever(index_path=str(index_path), filter={"lang": "en"}).to_config())
+def test_a_configuration_holding_a_lone_surrogate_is_refused_when_built(two_document_index):
+    config = json.dumps(LIRRetriever(index_path=str(two_document_index), filter={"lang": "en"}).to_config())
     assert LIRRetriever.from_config(json.loads(config)).invoke("dice")[0].id == "dice"
     bad_value = json.loads(config.replace('"en"', '"en\\ud83d"'))
     with pytest.raises(ValueError, match=r"filter\.lang holds a lone UTF-16 surrogate \(U\+D83D at character 2\)"):
