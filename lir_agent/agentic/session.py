@@ -147,10 +147,7 @@ class SearchResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable form (the tools' artifact / raw output)."""
-        data = asdict(self)
-        data["budget"] |= {"hops_left": self.budget.hops_left, "tokens_left": self.budget.tokens_left}
-        data["relative_best"] = self.relative_best
-        return data
+        return _as_dict(self) | {"relative_best": self.relative_best}
 
 
 @dataclass
@@ -177,9 +174,8 @@ class ReadResult:
         return "\n".join([head, self.text, follow, self.budget.describe()])
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["budget"] |= {"hops_left": self.budget.hops_left, "tokens_left": self.budget.tokens_left}
-        return data
+        """A JSON-serialisable form (the tool's artifact / raw output)."""
+        return _as_dict(self)
 
 
 @dataclass
@@ -409,6 +405,13 @@ class SearchSession:
 
 
 _TRACE_EVENT = TypeAdapter(TraceEvent)
+
+
+def _as_dict(result: "SearchResult | ReadResult") -> dict[str, Any]:
+    """A result's fields as a dict, its budget with what is left."""
+    data = asdict(result)
+    data["budget"] |= {"hops_left": result.budget.hops_left, "tokens_left": result.budget.tokens_left}
+    return data
 
 
 def _spent(budget: Budget) -> str | None:

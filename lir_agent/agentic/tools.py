@@ -98,5 +98,9 @@ def parse_arguments(name: str, arguments: dict[str, Any]) -> BaseModel:
     try:
         return TOOLS[name].args.model_validate(arguments or {})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in exc.errors())
-        raise InvalidInputError(f"invalid arguments for {name}: {problems}") from exc
+        raise InvalidInputError(f"invalid arguments for {name}: {describe_validation_error(exc)}") from exc
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """Each problem of a pydantic validation error as ``argument.path: message``, joined by "; "."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in error.errors())

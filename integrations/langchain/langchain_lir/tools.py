@@ -11,14 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from langchain_lir.retrievers import LIRRetriever
 from lir_agent import LIRError
+from lir_agent.agentic.tools import describe_validation_error
 from lir_agent.formatting import CHARS_PER_TOKEN, format_passages
 
 
 def explain_validation_error(error: ValidationError | Exception) -> str:
     """Tells the model which argument was wrong and why, so it can call again correctly."""
     if isinstance(error, ValidationError):
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in error.errors())
-        return f"Invalid tool arguments: {problems}"
+        return f"Invalid tool arguments: {describe_validation_error(error)}"
     return f"Invalid tool arguments: {error}"
 
 
