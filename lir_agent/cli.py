@@ -1,4 +1,5 @@
-"""The ``lir-agent`` command line: index, search, info, eval; reshard, build and serve (sharded indexes); mcp.
+"""The ``lir-agent`` command line: index, search, info, eval, eval-multihop; reshard, build and serve
+(sharded indexes); mcp.
 
 Only the standard library and lir_agent's light modules are imported before the arguments are
 parsed; torch, transformers and the index are imported by the commands that use them, so
@@ -218,33 +219,97 @@ def _eval_cache_dir(dataset_dir: Path, args: argparse.Namespace, cache_root: Pat
     return cache_root / f"{dataset_dir.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
-    """``eval``: indexes a BEIR folder (cached between runs) and prints one line per metric."""
+def _cached_eval_index(args: argparse.Namespace, dataset_dir: Path, corpus: list[dict]) -> "Index":
+    """The index of a BEIR folder's corpus for ``eval`` commands: built once, then reused from
+    the cache (rebuilt when the corpus or the index options changed)."""
     from .index import Index
 
-    dataset_dir = Path(args.dataset)
-    dataset = load_beir(dataset_dir, split=args.split)
     cache_root = Path(args.cache_dir or os.environ.get("LIR_AGENT_CACHE", Path.home() / ".cache" / "lir_agent" / "eval"))
     cache = _eval_cache_dir(dataset_dir, args, cache_root)
-    index = None
     if cache.exists():
         try:
             index = Index.open(cache)
-            if len(index) != len(dataset.corpus):
-                index = None
+            if len(index) == len(corpus):
+                print(f"using the cached index {cache}", file=sys.stderr)
+                return index
         except LIRError:
-            index = None
-        if index is None:
-            shutil.rmtree(cache)
-    if index is None:
-        index = _open_or_create(args, cache)
-        for _ in index_collection(index, dataset.corpus, batch_size=args.batch_size, total=len(dataset.corpus)):
             pass
-        index.compact()
-    else:
-        print(f"using the cached index {cache}", file=sys.stderr)
+        shutil.rmtree(cache)
+    index = _open_or_create(args, cache)
+    for _ in index_collection(index, corpus, batch_size=args.batch_size, total=len(corpus)):
+        pass
+    index.compact()
+    return index
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    """``eval``: indexes a BEIR folder (cached between runs) and prints one line per metric."""
+    dataset_dir = Path(args.dataset)
+    dataset = load_beir(dataset_dir, split=args.split)
+    index = _cached_eval_index(args, dataset_dir, dataset.corpus)
     for name, value in evaluate(index, dataset, metrics=args.metrics, **_search_params(args)).items():
         print(f"{name} {value:.4f}")
+
+
+def chat_model_from_spec(spec: str, base_url: str | None = None) -> Any:
+    """A LangChain chat model from ``provider:model`` (LangChain's ``init_chat_model``: "openai:...",
+    "anthropic:...", "ollama:...", with that provider's package installed); ``base_url`` for
+    OpenAI-compatible local servers. Raises InvalidInputError for a malformed spec or a missing
+    package."""
+    provider, _, model = spec.partition(":")
+    if not provider or not model:
+        raise InvalidInputError(f"--llm: expected provider:model (e.g. openai:gpt-4o-mini), got {spec!r}")
+    try:
+        from langchain.chat_models import init_chat_model
+    except ImportError:
+        raise InvalidInputError("--llm needs langchain: pip install -e \"integrations/langchain[agent]\"") from None
+    options: dict[str, Any] = {"temperature": 0}
+    if base_url:
+        options["base_url"] = base_url
+    try:
+        return init_chat_model(model, model_provider=provider, **options)
+    except (ImportError, ValueError) as exc:
+        raise InvalidInputError(f"--llm {spec}: {exc}") from None
+
+
+def cmd_eval_multihop(args: argparse.Namespace) -> None:
+    """``eval-multihop``: runs multi-hop strategies on a BEIR folder's questions (index cached)
+    and prints one line of metrics per strategy (:mod:`lir_agent.agentic.evaluation`)."""
+    import random
+
+    from .agentic.evaluation import EVAL_DEPTH, evaluate_strategy
+    from .agentic.strategies import DEFAULT_STRATEGY, STRATEGIES, make_strategy
+    from .agentic.strategies.llm_driven import oracle_plans
+
+    dataset_dir = Path(args.dataset)
+    dataset = load_beir(dataset_dir, split=args.split)
+    names = args.strategy or ["single", "default"] + [n for n, cls in STRATEGIES.items()
+                                                      if n not in ("single", DEFAULT_STRATEGY) and not cls.needs_llm
+                                                      and n != "oracle"]
+    plans = oracle_plans(dataset_dir / "queries.jsonl")
+    if not args.strategy and plans:
+        names.append("oracle")
+    for name in names:  # fail before any work on a name that does not exist
+        if name not in STRATEGIES and name != "default":
+            make_strategy(name)
+    llm = chat_model_from_spec(args.llm, args.llm_base_url) if args.llm else None
+    question_ids = list(dataset.queries)
+    if args.questions:
+        question_ids = sorted(random.Random(args.seed).sample(question_ids, min(args.questions, len(question_ids))))
+    index = _cached_eval_index(args, dataset_dir, dataset.corpus)
+    width = max(len(f"default [{DEFAULT_STRATEGY}]"), *(len(n) for n in names)) + 2
+    for name in names:
+        cls = STRATEGIES[DEFAULT_STRATEGY if name == "default" else name]
+        if cls.needs_llm and llm is None:
+            print(f"{name:<{width}}skipped: needs a model (--llm provider:model)")
+            continue
+        if name == "oracle" and not plans:
+            print(f"{name:<{width}}skipped: the queries carry no question_decomposition")
+            continue
+        options = {"plans": plans} if name == "oracle" else {}
+        strategy = make_strategy(name, k=EVAL_DEPTH, llm=llm, **options)
+        label = f"default [{strategy.name}]" if name == "default" else name
+        print(evaluate_strategy(index, dataset, strategy, label, question_ids).line(width), flush=True)
 
 
 def cmd_reshard(args: argparse.Namespace) -> None:
@@ -295,7 +360,7 @@ def cmd_mcp(args: argparse.Namespace) -> None:
     mcp_server.run(args.index, http=args.http, port=mcp_server.DEFAULT_PORT if args.port is None else args.port,
                    token=args.token or os.environ.get("LIR_AGENT_TOKEN"), ray=args.ray, address=args.address,
                    k=args.k, max_hops=args.max_hops, max_tokens=args.max_tokens, passage_tokens=args.passage_tokens,
-                   cite=not args.no_cite)
+                   cite=not args.no_cite, strategy=args.strategy)
 
 
 def _index_options(parser: argparse.ArgumentParser, default_type: str) -> None:
@@ -401,6 +466,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_eval)
 
+    p = commands.add_parser("eval-multihop", help="score multi-hop strategies on a BEIR folder's questions "
+                                                  "(R@2, R@5, all-gold@10/20, hops, tokens, ms)")
+    p.add_argument("dataset")
+    p.add_argument("--strategy", action="append", metavar="NAME",
+                   help="a strategy to run (repeatable; 'default' names the default LLM-free one); "
+                        "default: single and every LLM-free strategy, and the oracle planner on sets "
+                        "whose queries carry a question_decomposition")
+    p.add_argument("--llm", metavar="PROVIDER:MODEL",
+                   help="the model of LLM-driven strategies, e.g. openai:gpt-4o-mini (LangChain init_chat_model)")
+    p.add_argument("--llm-base-url", help="base URL of an OpenAI-compatible server for --llm")
+    p.add_argument("--questions", type=_int_range(1), help="a seeded sample of this many questions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--encoder", help="model name or path (default: bundled all-MiniLM-L6-v2)")
+    _index_options(p, default_type="exact")
+    p.add_argument("--split", default="test")
+    p.add_argument("--cache-dir", help="where built indexes are kept between runs")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_eval_multihop)
+
     p = commands.add_parser("reshard", help="rewrite an index (single or sharded) into N shards")
     p.add_argument("source")
     p.add_argument("target", help="a new directory")
@@ -433,7 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=64)
     p.set_defaults(func=cmd_serve)
 
-    p = commands.add_parser("mcp", help="serve the agent tools (search, search_more, read_document) over MCP")
+    p = commands.add_parser("mcp", help="serve the agent tools (search, search_more, read_document, "
+                                        "multi_hop_search) over MCP")
     p.add_argument("index", help="an index directory, single or sharded")
     p.add_argument("--http", action="store_true", help="streamable HTTP on 127.0.0.1 (default: stdio)")
     p.add_argument("--port", type=_int_range(0, 65535),
@@ -451,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the longest passage per hit (default: 200)")
     p.add_argument("--no-cite", action="store_true",
                    help="passages from each document's beginning instead of around the match (no re-encoding)")
+    p.add_argument("--strategy", default="default",
+                   help="the multi-hop strategy multi_hop_search runs, by name (LLM-free ones; default: the "
+                        "default one; an unknown name is refused, naming the known ones)")
     p.set_defaults(func=cmd_mcp)
     for command in commands.choices.values():
         command.set_defaults(command_parser=command)  # argument errors show this command's usage

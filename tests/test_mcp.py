@@ -24,10 +24,12 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 
 import lir_agent.agentic
-from lir_agent import Index, LIRError
+from conftest import CHAIN_QUESTION, check_multi_hop_answer
+from lir_agent import Index, InvalidInputError, LIRError
 from lir_agent.agentic import SearchSession, mcp_server
 from lir_agent.agentic.mcp_server import build_server
 from lir_agent.agentic.session import MIN_PASSAGE_TOKENS
+from lir_agent.agentic.strategies import Condensed, make_strategy
 from lir_agent.agentic.tools import TOOLS, call_tool
 from lir_agent.cli import main
 from lir_agent.distributed import RayIndex
@@ -212,6 +214,34 @@ def two_pages(index) -> list[list[str]]:
     return anyio.run(run)
 
 
+def test_multi_hop_search(chain_index_path, encoder):
+    index = Index.open(chain_index_path, encoder=encoder)
+
+    async def run():
+        async with Client(build_server(index, k=2)) as client:   # the default strategy
+            text, data = answer(await client.call_tool("multi_hop_search", {"question": CHAIN_QUESTION}))
+            assert set(check_multi_hop_answer(text, data)) == {"journal", "society"}
+            assert data["strategy"] == make_strategy("default").name
+        # keep=1: a later hop's documents rank from the second place on, so "journal" would come back
+        async with Client(build_server(index, k=3, strategy=Condensed(k=3, keep=1))) as client:
+            first = answer(await client.call_tool("search", {"query": "Who publishes the Journal of Widgetry?",
+                                                             "k": 1}))
+            assert ids(first[1]) == ["journal"]
+            text, data = answer(await client.call_tool("multi_hop_search", {"question": CHAIN_QUESTION}))
+            assert "journal" not in check_multi_hop_answer(text, data)   # not handed out twice in one session
+            for arguments in ({}, {"question": ""}):
+                result = await client.call_tool("multi_hop_search", arguments)
+                assert result.is_error and "invalid arguments for multi_hop_search: question: " in \
+                    result.content[0].text
+        async with Client(build_server(index, k=2, strategy="flipr")) as client:   # by name
+            text, data = answer(await client.call_tool("multi_hop_search", {"question": CHAIN_QUESTION}))
+            assert data["strategy"] == "flipr" and check_multi_hop_answer(text, data)
+
+    anyio.run(run)
+    with pytest.raises(InvalidInputError, match="unknown strategy 'nope'; known: default, "):
+        build_server(index, strategy="nope")
+
+
 def test_sharded_index(sharded_dir, encoder):
     index = ShardedIndex.open(sharded_dir, encoder=encoder)
     ranking = [hit.id for hit in index.search(QUERY, k=2 * K)]
@@ -323,11 +353,12 @@ def test_cli_options_and_errors(capsys, monkeypatch):
     monkeypatch.setenv("LIR_AGENT_TOKEN", TOKEN)
     assert main(["mcp", "dir", "--http", "--port", "0", "-k", "4", "--max-hops", "3", "--max-tokens", "900",
                  "--passage-tokens", "50", "--no-cite"]) == 0
-    assert main(["mcp", "dir", "--ray", "--address", "auto"]) == 0
+    assert main(["mcp", "dir", "--ray", "--address", "auto", "--strategy", "flipr"]) == 0
     assert calls == [("dir", dict(http=True, port=0, token=TOKEN, ray=False, address=None, k=4, max_hops=3,
-                                  max_tokens=900, passage_tokens=50, cite=False)),
+                                  max_tokens=900, passage_tokens=50, cite=False, strategy="default")),
                      ("dir", dict(http=False, port=mcp_server.DEFAULT_PORT, token=TOKEN, ray=True, address="auto",
-                                  k=5, max_hops=None, max_tokens=None, passage_tokens=200, cite=True))]
+                                  k=5, max_hops=None, max_tokens=None, passage_tokens=200, cite=True,
+                                  strategy="flipr"))]
     with pytest.raises(SystemExit) as exit_:
         main(["mcp", "dir", "--token", TOKEN])
     assert exit_.value.code == 2 and "--port and --token apply to --http only" in capsys.readouterr().err

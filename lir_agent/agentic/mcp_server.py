@@ -1,5 +1,5 @@
 """The MCP server: the session tools of :mod:`lir_agent.agentic.tools` (``search``,
-``search_more``, ``read_document``; same names, descriptions, JSON schemas, text and data as
+``search_more``, ``read_document``, ``multi_hop_search``; same names, descriptions, JSON schemas, text and data as
 every other framework) served with the official ``mcp`` SDK, over stdio or streamable HTTP.
 
 Each MCP client session gets its own :class:`~lir_agent.agentic.SearchSession` over one opened
@@ -50,7 +50,8 @@ from .. import __version__
 from ..errors import InvalidInputError, LIRError
 from ..text import check_json, check_text
 from .session import SearchSession
-from .tools import TOOLS, call_tool
+from .strategies import Strategy
+from .tools import TOOLS, call_tool, resolve_strategy
 
 if TYPE_CHECKING:
     from mcp.shared._context_streams import ContextSendStream
@@ -62,12 +63,13 @@ SHUTDOWN_GRACE_S = 5  # on shutdown, open event streams are closed after this lo
 STATE_KEY = "lir_agent.session"  # where an HTTP connection's state holds its session
 INSTRUCTIONS = ("Search a document collection by meaning (late-interaction MaxSim retrieval). A search never "
                 "returns a document this session was already given; search_more pages on; read_document reads "
-                "a document's text from a character offset.")
+                "a document's text from a character offset; multi_hop_search runs several searches for a "
+                "question whose answer takes facts that build on each other.")
 TOOL_ANNOTATIONS = types.ToolAnnotations(read_only_hint=True, open_world_hint=False)
 
 
 def tool_definitions() -> list[types.Tool]:
-    """The three session tools as MCP tools, their input schemas derived from the tools' pydantic models."""
+    """The session tools as MCP tools, their input schemas derived from the tools' pydantic models."""
     return [types.Tool(name=spec.name, description=spec.description, input_schema=spec.args.model_json_schema(),
                        annotations=TOOL_ANNOTATIONS) for spec in TOOLS.values()]
 
@@ -80,15 +82,21 @@ class ClientState:
     lock: anyio.Lock = field(default_factory=anyio.Lock)
 
 
-def build_server(index: Any, *, http: bool = False, **session_options: Any) -> Server:
+def build_server(index: Any, *, http: bool = False, strategy: Strategy | str | None = None,
+                 **session_options: Any) -> Server:
     """The MCP server over ``index`` (``Index``, ``ShardedIndex`` or ``RayIndex``), one
     SearchSession per MCP client session, made with ``session_options`` (``k``, ``max_hops``,
     ``max_tokens``, ``passage_tokens``, ``cite``: checked here, InvalidInputError when wrong).
-    ``http``: sessions per streamable-HTTP connection, else one for the process (stdio)."""
+    ``http``: sessions per streamable-HTTP connection, else one for the process (stdio).
+    ``strategy``: what ``multi_hop_search`` runs, a Strategy or the name of one (None: the
+    default), returning ``k`` documents (:func:`~lir_agent.agentic.tools.resolve_strategy`:
+    InvalidInputError naming the known strategies for an unknown name). Over HTTP the clients'
+    calls may run at once, so the strategy must be safe to run concurrently on separate sessions."""
     def new_state() -> ClientState:
         return ClientState(SearchSession(index, **session_options))
 
     process_state = new_state()  # the stdio client's; made now, so that wrong settings fail before serving
+    strategy = resolve_strategy(strategy, process_state.search.k)
     tools = tool_definitions()
     schemas = {tool.name: tool.input_schema for tool in tools}
 
@@ -116,7 +124,8 @@ def build_server(index: Any, *, http: bool = False, **session_options: Any) -> S
         client = client_state(ctx)
         async with client.lock:
             try:
-                answer = await anyio.to_thread.run_sync(call_tool, client.search, params.name, params.arguments or {})
+                answer = await anyio.to_thread.run_sync(call_tool, client.search, params.name, params.arguments or {},
+                                                        strategy)
             except LIRError as exc:
                 return types.CallToolResult(content=[types.TextContent(text=str(exc))], is_error=True)
         return types.CallToolResult(content=[types.TextContent(text=answer.text)], structured_content=answer.data)
@@ -271,7 +280,7 @@ def run(path: str, *, http: bool = False, port: int = DEFAULT_PORT, token: str |
     streamable HTTP on 127.0.0.1:``port`` at ``/mcp`` (``port`` 0: a free one; the address goes
     to stderr once the index is open) until interrupted. ``token``: the bearer token HTTP
     requests must carry; ``ray``: the shards in Ray actors (``address``: a cluster);
-    ``session_options``: see :func:`build_server`."""
+    ``session_options`` (``strategy`` too): see :func:`build_server`."""
     with ExitStack() as stack:
         with redirect_stdout(sys.stderr):  # stdout is the stdio wire: what loading prints goes to stderr
             index = open_index(path, ray, address, stack)

@@ -27,15 +27,17 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Literal
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Literal, Protocol, Sequence
+
+import torch
 
 from pydantic import TypeAdapter, ValidationError
 
 from ..errors import DocumentNotFoundError, InvalidInputError
 from ..filters import compile_filter
 from ..formatting import CHARS_PER_TOKEN, approximate_tokens
-from ..index import check_k
+from ..index import SearchHit, check_k
 from ..text import check_text
 from .citations import Highlight, best_window, cite
 
@@ -44,6 +46,16 @@ TRACE_VERSION = 1
 MIN_PASSAGE_TOKENS = 16  # a hit is not handed out with less text than this
 MAX_WORD_CHARS = 30  # a matched query word is shown at most this long
 TOKENS_SPENT = "The token budget is spent: answer from the evidence gathered so far."
+
+
+class Reranker(Protocol):
+    """Re-scores a search's candidates (see :meth:`SearchSession.search`)."""
+
+    depth: int  # how many of the engine's best new documents it re-scores
+
+    def score(self, query_matrix: torch.Tensor, doc_matrices: Sequence[torch.Tensor]) -> Sequence[float]:
+        """One score per document matrix ((n_i, dim) each), higher is better."""
+        ...
 
 
 @dataclass
@@ -262,9 +274,18 @@ class SearchSession:
         return (None, 0) if first is None else (first.scores[0], first.query_tokens)
 
     # ---------------------------------------------------------------- calls
-    def search(self, query: str, k: int | None = None, filter: Any = None, include_seen: bool = False) -> SearchResult:
+    def search(self, query: str, k: int | None = None, filter: Any = None, include_seen: bool = False,
+               query_matrix: torch.Tensor | None = None, rerank: Reranker | None = None) -> SearchResult:
         """The best ``k`` documents for ``query`` (matching ``filter``) that this session has not
-        returned before (all documents with ``include_seen``), each with its cited passage."""
+        returned before (all documents with ``include_seen``), each with its cited passage.
+
+        For strategies that search in the embedding space (:mod:`lir_agent.agentic.strategies`):
+        ``query_matrix``, a (n_tokens, dim) float tensor, is searched instead of ``query``'s
+        encoding (``query`` then only describes it in the trace and the citations);
+        ``rerank`` re-scores the engine's best ``rerank.depth`` new documents from their stored
+        token matrices and hands out its best ``k`` with its scores. Raises InvalidInputError
+        for a matrix of the wrong shape.
+        """
         query = check_text(query, "query")
         if not query.strip():
             raise InvalidInputError("query: is empty")
@@ -272,7 +293,14 @@ class SearchSession:
         if filter is not None and not isinstance(filter, dict):
             raise InvalidInputError(f"filter: a session takes a JSON filter (a dict), got {type(filter).__name__}")
         _checked("filter", filter, compile_filter)
-        return self._search("search", query, k, filter, include_seen, set() if include_seen else self.seen)
+        if query_matrix is not None:
+            dim = self.index.encoder.dim
+            if not isinstance(query_matrix, torch.Tensor) or query_matrix.ndim != 2 or query_matrix.shape[0] == 0 \
+                    or query_matrix.shape[1] != dim or not query_matrix.is_floating_point():
+                raise InvalidInputError(f"query_matrix: expected a float tensor of shape (n_tokens >= 1, {dim}), got "
+                                        f"{getattr(query_matrix, 'shape', type(query_matrix).__name__)}")
+        return self._search("search", query, k, filter, include_seen, set() if include_seen else self.seen,
+                            query_matrix, rerank)
 
     def search_more(self) -> SearchResult:
         """The next page of the last query: its next best documents not handed out yet."""
@@ -287,7 +315,8 @@ class SearchSession:
         return self._search("search_more", last.query, last.k, last.filter, last.include_seen, exclude)
 
     def _search(self, kind: Literal["search", "search_more"], query: str, k: int, filter: Any,
-                include_seen: bool, exclude: set[str]) -> SearchResult:
+                include_seen: bool, exclude: set[str], query_matrix: torch.Tensor | None = None,
+                rerank: Reranker | None = None) -> SearchResult:
         started = time.perf_counter()
         budget = self.budget
         refusal = _spent(budget)
@@ -300,15 +329,21 @@ class SearchSession:
         if tokens_left is not None:  # no more hits than the budget gives each a useful passage
             k = min(k, tokens_left // MIN_PASSAGE_TOKENS)
         encoder = self.index.encoder
-        query_matrix = encoder.encode_queries([query])[0]  # once, for the search and the citations
-        found = self.index.search(query_matrix, k=k, filter=filter, exclude_ids=exclude)
+        encoded_query = query_matrix is None  # the matrix is the query text's encoding: citations reuse it
+        if encoded_query:
+            query_matrix = encoder.encode_queries([query])[0]  # once, for the search and the citations
+        if rerank is None:
+            found = self.index.search(query_matrix, k=k, filter=filter, exclude_ids=exclude)
+        else:
+            found = self._reranked(query_matrix, k, filter, exclude, rerank)
         passage_tokens = self.passage_tokens
         if tokens_left is not None and found:
             passage_tokens = min(passage_tokens, tokens_left // len(found))
         passage_chars = passage_tokens * CHARS_PER_TOKEN
         if self.cite:
             windows = [(c.passage_start, c.passage_end, c.highlights, c.truncated, c.encoded_chars) for c in
-                       cite(encoder, query, [(h.id, h.text) for h in found], passage_chars, query_matrix=query_matrix,
+                       cite(encoder, query, [(h.id, h.text) for h in found], passage_chars,
+                            query_matrix=query_matrix if encoded_query else None,
                             doc_matrices=[self._stored_matrix(h.id) for h in found])]
         else:
             windows = [(*best_window(h.text, [], passage_chars), [], h.truncated_tokens > 0, None) for h in found]
@@ -332,6 +367,18 @@ class SearchSession:
         first_best, first_tokens = self._first_hop_best()
         return SearchResult(kind, query, filter, hop, hits, new, len(self.seen), hits[0].score if hits else None,
                             first_best, used, self.budget, message, int(query_matrix.shape[0]), first_tokens)
+
+    def _reranked(self, query_matrix: torch.Tensor, k: int, filter: Any, exclude: set[str],
+                  rerank: Reranker) -> list[SearchHit]:
+        """The engine's best ``rerank.depth`` candidates, re-scored by ``rerank``; its best k."""
+        candidates = self.index.search(query_matrix, k=max(k, rerank.depth), filter=filter, exclude_ids=exclude)
+        matrices = [self._stored_matrix(hit.id) for hit in candidates]
+        kept = [(hit, m) for hit, m in zip(candidates, matrices) if m is not None]
+        if not kept:
+            return []
+        scores = rerank.score(query_matrix, [m for _, m in kept])
+        order = sorted(range(len(kept)), key=lambda i: -float(scores[i]))[:k]
+        return [replace(kept[i][0], score=float(scores[i]), rank=rank) for rank, i in enumerate(order, start=1)]
 
     def _stored_matrix(self, doc_id: str) -> Any:
         """The index's stored token matrix of a hit (its citation then needs no encoder run), or

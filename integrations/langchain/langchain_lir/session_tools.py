@@ -1,5 +1,5 @@
-"""Session tools for LangChain agents: ``search``, ``search_more`` and ``read_document`` over one
-index, with the run's :class:`~lir_agent.agentic.SearchSession` kept in the agent's state.
+"""Session tools for LangChain agents: ``search``, ``search_more``, ``read_document`` and
+``multi_hop_search`` over one index, with the run's :class:`~lir_agent.agentic.SearchSession` kept in the agent's state.
 
 The tools are the core's (:data:`lir_agent.agentic.tools.TOOLS`: same names, descriptions, JSON
 schemas, content and data as in every other framework); this module only decides where a run's
@@ -45,7 +45,8 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from lir_agent import InvalidInputError, LIRError, open_index
 from lir_agent.agentic.session import SearchSession
-from lir_agent.agentic.tools import TOOLS, ToolSpec, call_tool
+from lir_agent.agentic.strategies import Strategy
+from lir_agent.agentic.tools import TOOLS, ToolSpec, call_tool, resolve_strategy
 from lir_agent.text import check_path
 
 SESSION_KEY = "lir_session"
@@ -169,14 +170,17 @@ class LIRSessionTool(StructuredTool):
 
 
 class LIRSessionToolkit(BaseToolkit):
-    """The session tools over one index: ``get_tools()`` returns ``search``, ``search_more`` and
-    ``read_document``.
+    """The session tools over one index: ``get_tools()`` returns ``search``, ``search_more``,
+    ``read_document`` and ``multi_hop_search``.
 
     ``index``: any lir_agent index (``Index``, ``ShardedIndex``, ``RayIndex``), or the path of
     one (``str`` or ``os.PathLike``: opened once, here, with :func:`lir_agent.open_index`); ``k``,
     ``max_hops``, ``max_tokens``, ``passage_tokens``: the settings of each new session (see
     :class:`~lir_agent.agentic.SearchSession`; a session already in the state keeps its own).
-    The agent's state must have the ``lir_session`` key: use
+    ``strategy``: what ``multi_hop_search`` runs, a :class:`~lir_agent.agentic.strategies.Strategy`
+    (an LLM-driven one made with your model) or the name of one, made here to return ``k``
+    documents (None: the default LLM-free strategy); an unknown name fails here (a ValueError
+    naming the known ones). The agent's state must have the ``lir_session`` key: use
     ``create_agent(model, middleware=[LIRSessionMiddleware(toolkit)])``, or
     ``create_agent(model, tools=toolkit.get_tools(), state_schema=LIRSessionState)``.
     """
@@ -188,6 +192,7 @@ class LIRSessionToolkit(BaseToolkit):
     max_hops: int | None = None
     max_tokens: int | None = None
     passage_tokens: int = 200
+    strategy: Strategy | str | None = None
 
     @field_validator("index", mode="before")
     @classmethod
@@ -198,6 +203,7 @@ class LIRSessionToolkit(BaseToolkit):
     @model_validator(mode="after")
     def _check_settings(self) -> "LIRSessionToolkit":
         self.new_session()  # bad settings raise InvalidInputError here, not at the first tool call
+        self.strategy = resolve_strategy(self.strategy, self.k)
         return self
 
     def new_session(self) -> SearchSession:
@@ -216,7 +222,8 @@ class LIRSessionToolkit(BaseToolkit):
         return SearchSession.from_json(self.index, saved) if saved else self.new_session()
 
     def get_tools(self) -> list[BaseTool]:
-        """``search``, ``search_more`` and ``read_document``, as :class:`LIRSessionTool`."""
+        """``search``, ``search_more``, ``read_document`` and ``multi_hop_search``, as
+        :class:`LIRSessionTool`."""
         return [self._tool(spec) for spec in TOOLS.values()]
 
     def _tool(self, spec: ToolSpec) -> LIRSessionTool:
@@ -228,7 +235,7 @@ class LIRSessionToolkit(BaseToolkit):
                 latest = step.latest if step is not None else None
                 session = self._restore(latest if latest is not None and _extends(latest, received) else received)
                 try:
-                    answer = call_tool(session, spec.name, arguments)
+                    answer = call_tool(session, spec.name, arguments, self.strategy)
                 except LIRError as exc:  # the model reads it; the state is not updated
                     raise ToolException(str(exc)) from exc
                 state = session.to_state()

@@ -21,9 +21,11 @@ from langgraph.graph import START, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 from langgraph.runtime import ExecutionInfo
 
+from conftest import CHAIN_QUESTION, check_multi_hop_answer
 from langchain_lir import LIRSessionMiddleware, LIRSessionState, LIRSessionToolkit
 from lir_agent import Index, InvalidInputError, NotAnIndexError
 from lir_agent.agentic import SearchSession
+from lir_agent.agentic.strategies import Condensed
 from lir_agent.agentic.tools import TOOLS
 
 QUERY = "Chaos Progenitus dice game"
@@ -281,6 +283,33 @@ def test_bad_arguments_are_tool_errors_naming_the_argument_and_leave_the_session
     assert hit_ids(second) == ranked(index, QUERY, 5, 10)
 
 
+def test_multi_hop_search_gives_the_evidence_and_hop_trace_and_repeats_nothing(chain_index_path):
+    # keep=1: a later hop's documents rank from the second place on, so "journal" would come back
+    toolkit = LIRSessionToolkit(index=Index.open(chain_index_path), k=3, strategy=Condensed(k=3, keep=1))
+    agent = agent_for(toolkit, [("search", {"query": "Who publishes the Journal of Widgetry?", "k": 1})],
+                      [("multi_hop_search", {"question": CHAIN_QUESTION})], [("multi_hop_search", {})],
+                      [("multi_hop_search", {"question": ""})])
+    result = agent.invoke(ask(CHAIN_QUESTION))
+    search, multi_hop, *errors = tool_messages(result)
+    assert hit_ids(search) == ["journal"] and multi_hop.status == "success"
+    found = check_multi_hop_answer(multi_hop.content, multi_hop.artifact)
+    assert "journal" not in found and "society" in found  # not handed out twice in one run
+    for error in errors:
+        assert error.status == "error" and "invalid arguments for multi_hop_search: question: " in error.content
+    # the session holds the search and the strategy's hops, nothing of the refused calls
+    assert [event["ids"] for event in result["lir_session"]["trace"]] == [["journal"]] + [
+        hop["ids"] for hop in multi_hop.artifact["hops"]]
+
+
+def test_multi_hop_search_strategy_by_name(chain_index_path):
+    toolkit = LIRSessionToolkit(index=str(chain_index_path), k=2, strategy="flipr")
+    (message,) = tool_messages(agent_for(toolkit, [("multi_hop_search", {"question": CHAIN_QUESTION})]).invoke(ask()))
+    assert message.artifact["strategy"] == "flipr"
+    assert set(check_multi_hop_answer(message.content, message.artifact)) == {"journal", "society"}
+    with pytest.raises(ValueError, match="unknown strategy 'nope'; known: default, "):
+        LIRSessionToolkit(index=toolkit.index, strategy="nope")
+
+
 def test_an_agent_without_the_session_state_fails_loudly(index):
     toolkit = LIRSessionToolkit(index=index)
     agent = create_agent(ScriptedModel(script=[[("search", {"query": QUERY})]]), tools=toolkit.get_tools())
@@ -310,7 +339,8 @@ def test_a_path_that_holds_no_index_fails_when_the_toolkit_is_built(tmp_path):
 
 
 @pytest.mark.parametrize("name, arguments", [("search", {"query": QUERY}), ("search_more", {}),
-                                             ("read_document", {"id": FIRST})])
+                                             ("read_document", {"id": FIRST}),
+                                             ("multi_hop_search", {"question": QUERY})])
 def test_a_tool_invoked_outside_an_agent_says_where_it_runs(index, name, arguments):
     tool = next(tool for tool in LIRSessionToolkit(index=index).get_tools() if tool.name == name)
     for call in (lambda: tool.invoke(arguments), lambda: asyncio.run(tool.ainvoke(arguments))):
@@ -354,3 +384,11 @@ class TestSessionReadDocumentToolStandard(_SessionToolStandard):
     @property
     def tool_invoke_params_example(self):
         return {"id": FIRST, "start": 10}
+
+
+class TestSessionMultiHopSearchToolStandard(_SessionToolStandard):
+    tool_name = "multi_hop_search"
+
+    @property
+    def tool_invoke_params_example(self):
+        return {"question": "Which game was first called Chaos Progenitus?"}

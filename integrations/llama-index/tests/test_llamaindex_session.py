@@ -14,9 +14,10 @@ from llama_index.core.workflow import Context
 
 from llama_index.retrievers.lir import SESSION_KEY, make_session_tools
 from lir_agent import NotAnIndexError
-from conftest import count_loop_ticks
-from lir_agent import Index
+from conftest import CHAIN_QUESTION, check_multi_hop_answer, count_loop_ticks
+from lir_agent import Index, InvalidInputError
 from lir_agent.agentic import SearchSession
+from lir_agent.agentic.strategies import Condensed
 from lir_agent.agentic.tools import TOOLS, call_tool
 
 QUERY = "Chaos Progenitus"
@@ -196,6 +197,36 @@ async def test_bad_arguments_are_tool_errors_naming_them_and_change_nothing(inde
     # only the good search is in the session
     assert [event["kind"] for event in state["trace"]] == ["search"]
     assert SearchSession.from_json(index, state).seen == set(ranking[:3])
+
+
+async def test_multi_hop_search_gives_the_evidence_and_hop_trace_and_repeats_nothing(chain_index_path):
+    # keep=1: a later hop's documents rank from the second place on, so "journal" would come back
+    chain = Index.open(chain_index_path)
+    agent = make_agent(chain, [("search", {"query": "Who publishes the Journal of Widgetry?", "k": 1})],
+                       [("multi_hop_search", {"question": CHAIN_QUESTION})], [("multi_hop_search", {})],
+                       [("multi_hop_search", {"question": ""})], "done", k=3, strategy=Condensed(k=3, keep=1))
+    output, state = await run(agent, Context(agent))
+    search, multi_hop, *errors = output.tool_calls
+    assert hit_ids(search) == ["journal"] and not multi_hop.tool_output.is_error
+    data = json.loads(json.dumps(multi_hop.tool_output.raw_output))
+    found = check_multi_hop_answer(multi_hop.tool_output.content, data)
+    assert "journal" not in found and "society" in found  # not handed out twice in one run
+    for error in errors:
+        assert error.tool_output.is_error
+        assert "invalid arguments for multi_hop_search: question: " in error.tool_output.content
+    # the session holds the search and the strategy's hops, nothing of the refused calls
+    assert [event["ids"] for event in state["trace"]] == [["journal"]] + [hop["ids"] for hop in data["hops"]]
+
+
+async def test_multi_hop_search_strategy_by_name(chain_index_path):
+    agent = make_agent(str(chain_index_path), [("multi_hop_search", {"question": CHAIN_QUESTION})], "done", k=2,
+                       strategy="flipr")
+    output, _ = await run(agent, Context(agent))
+    result = output.tool_calls[0].tool_output
+    assert result.raw_output["strategy"] == "flipr"
+    assert set(check_multi_hop_answer(result.content, result.raw_output)) == {"journal", "society"}
+    with pytest.raises(InvalidInputError, match="unknown strategy 'nope'; known: default, "):
+        make_session_tools(chain_index_path, strategy="nope")
 
 
 async def test_agent_workflow_keeps_the_session_in_its_context(index, ranking):

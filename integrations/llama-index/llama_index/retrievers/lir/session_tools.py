@@ -1,4 +1,5 @@
-"""The session tools (``search``, ``search_more``, ``read_document``) for LlamaIndex agents.
+"""The session tools (``search``, ``search_more``, ``read_document``, ``multi_hop_search``) for
+LlamaIndex agents.
 
 Each tool is a FunctionTool whose function takes the running workflow's ``Context``, which a
 ``FunctionAgent`` / ``AgentWorkflow`` injects, and keeps the run's :class:`SearchSession` in the
@@ -20,9 +21,10 @@ from llama_index.core.tools import FunctionTool, ToolMetadata, ToolOutput
 from llama_index.core.workflow import Context
 
 from lir_agent.agentic.session import SearchSession
+from lir_agent.agentic.strategies import Strategy
 from lir_agent.sharded import open_index
 from lir_agent.text import check_path
-from lir_agent.agentic.tools import TOOLS, ToolAnswer, call_tool
+from lir_agent.agentic.tools import TOOLS, ToolAnswer, call_tool, resolve_strategy
 from lir_agent.errors import LIRError
 
 SESSION_KEY = "lir_session"
@@ -34,10 +36,11 @@ _LOCKS: "WeakKeyDictionary[Any, asyncio.Lock]" = WeakKeyDictionary()
 
 
 def make_session_tools(index: Any, k: int = 5, max_hops: int | None = None, max_tokens: int | None = None,
-                       passage_tokens: int = 200, state_key: str = SESSION_KEY) -> list[FunctionTool]:
-    """The ``search``, ``search_more`` and ``read_document`` tools over ``index`` (an ``Index``,
-    ``ShardedIndex`` or ``RayIndex``, or the path of an index directory, opened here once), for
-    a ``FunctionAgent`` or ``AgentWorkflow``.
+                       passage_tokens: int = 200, state_key: str = SESSION_KEY,
+                       strategy: Strategy | str | None = None) -> list[FunctionTool]:
+    """The ``search``, ``search_more``, ``read_document`` and ``multi_hop_search`` tools over
+    ``index`` (an ``Index``, ``ShardedIndex`` or ``RayIndex``, or the path of an index directory,
+    opened here once), for a ``FunctionAgent`` or ``AgentWorkflow``.
 
     ``k``, ``max_hops``, ``max_tokens`` and ``passage_tokens`` are the settings of each run's
     new :class:`~lir_agent.agentic.SearchSession` (checked here: bad ones raise
@@ -47,15 +50,21 @@ def make_session_tools(index: Any, k: int = 5, max_hops: int | None = None, max_
     text for the model and whose raw_output is the JSON-serialisable data; bad arguments (or an
     unknown document id) give a ToolOutput with ``is_error=True`` whose content names the
     argument, and leave the stored session as it was.
+
+    ``strategy``: what ``multi_hop_search`` runs, a
+    :class:`~lir_agent.agentic.strategies.Strategy` (an LLM-driven one made with your LLM) or the
+    name of one, made here to return ``k`` documents (None: the default LLM-free strategy); an
+    unknown name raises InvalidInputError here, naming the known ones.
     """
     if isinstance(index, (str, os.PathLike)):
         index = open_index(check_path(str(index), "index"))
     initial = SearchSession(index, k=k, max_hops=max_hops, max_tokens=max_tokens,
                             passage_tokens=passage_tokens).to_state()
+    strategy = resolve_strategy(strategy, k)
 
     def step(state: dict[str, Any], name: str, arguments: dict[str, Any]) -> tuple[ToolAnswer, dict[str, Any]]:
         session = SearchSession.from_json(index, state)
-        answer = call_tool(session, name, arguments)
+        answer = call_tool(session, name, arguments, strategy)
         return answer, session.to_state()
 
     def make_tool(name: str) -> FunctionTool:
