@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 README = REPO / "README.md"
 TESTED_EXAMPLES = ["agent_session.py", "distributed_quickstart.py", "langchain_agent.py", "llamaindex_agent.py",
-                   "quickstart.py"]
+                   "multihop_agent.py", "quickstart.py"]
 # Paragraphs the examples index here: the answers to all their questions are among them, and two of
 # the five flute sonatas that quickstart's filtered search (k=3) is restricted to.
 LIMIT = 63
@@ -130,6 +130,18 @@ def test_agent_session_finds_the_film_and_its_director(sample_index):
     assert "  [1] hotpotqa_train100-p35 " in output  # Leland, North Carolina: Maximum Overdrive was shot there
     assert re.search(r"^  hop 1  rank \d  hotpotqa_train100-p30 ", output, re.M)  # Maximum Overdrive, by Stephen King
     assert "reloaded from JSON" in output
+
+
+def test_multihop_agent_finds_the_film_in_the_second_hop(sample_index):
+    path, _ = sample_index
+    output = run_example("multihop_agent.py", "--index", str(path))
+    assert "--- hop 1: 'Who directed the film that was shot in or around Leland" in output
+    # hop 2 searches the question followed by the sentence of the Leland paragraph that names the film
+    assert re.search(r"^--- hop 2: 'Who directed .*1986\? Leland, North Carolina\..*Maximum Overdrive", output, re.M)
+    assert re.search(r"^\[\d\] hotpotqa_train100-p35 \(hop 1\) 'Leland, North Carolina'", output, re.M)
+    assert re.search(r"^\[\d\] hotpotqa_train100-p30 \(hop \d\) 'Maximum Overdrive'", output, re.M)
+    assert re.search(r"^    matched: .*'1986' <- 1986", output, re.M)  # highlights: words of the passage the query matched
+    assert "stopped: max hops: 2 hops" in output
 
 
 def test_distributed_quickstart_matches_the_local_index_quietly(sample_index):
