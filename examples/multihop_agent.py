@@ -1,5 +1,6 @@
-"""A bridge question answered hop by hop on the shipped sample: the second paragraph only matches
-once the first is known.
+"""A bridge question answered hop by hop on the shipped sample.
+
+The second paragraph of a bridge question only matches once the first is known.
 
     python examples/multihop_agent.py [--index DIR] [--limit N]
     python examples/multihop_agent.py --llm openai:MODEL [--llm-base-url http://127.0.0.1:8080/v1]

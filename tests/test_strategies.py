@@ -2,7 +2,7 @@
 ``lir-agent eval-multihop``, on real small indexes with the bundled encoder."""
 
 import json
-import shutil
+import re
 
 import pytest
 import torch
@@ -191,3 +191,42 @@ def test_eval_multihop_cli_prints_a_line_per_strategy(tmp_path, capsys):
     assert "skipped: needs a model" in capsys.readouterr().out
     assert main(["eval-multihop", str(data), "--strategy", "nope", "--cache-dir", str(tmp_path / "cache")]) == 2
     assert "unknown strategy 'nope'" in capsys.readouterr().err
+
+
+def test_strategy_options_are_checked():
+    for name, options, message in [("condensed", {"hops": 0}, "condensed: hops must be an integer >= 1, got 0"),
+                                   ("beam", {"beam": 0}, "beam: beam must be an integer >= 1, got 0"),
+                                   ("prf", {"clusters": 0}, "prf: clusters must be an integer >= 1"),
+                                   ("prf", {"context_docs": 0}, "prf: context_docs must be an integer >= 1"),
+                                   ("flipr", {"keep": -1}, "flipr: keep must be an integer >= 1"),
+                                   ("condensed", {"hops": "2"}, "hops must be an integer >= 1, got '2'"),
+                                   ("condensed", {"min_relative": -1}, "min_relative must be a number >= 0"),
+                                   ("condensed", {"nope": 1}, "strategy 'condensed' takes no option nope; its options: hops")]:
+        with pytest.raises(InvalidInputError, match=re.escape(message)):
+            make_strategy(name, **options)
+
+
+def test_flipr_and_prf_on_a_projected_compressed_index_search_without_rescoring(tmp_path, encoder):
+    index = Index.create(tmp_path / "projected", encoder, index_type="compressed", nbits=2, num_centroids=8,
+                         projection_dim=16)
+    index.add(CHAIN_DOCUMENTS + DISTRACTORS)
+    assert index.get_embeddings("journal").shape[1] == 16
+    for strategy in (Flipr(k=4), PseudoRelevanceFeedback(k=4)):
+        result = strategy.run(CHAIN_QUESTION, SearchSession(index))
+        assert len(result.hops) == 2 and "skipped: stored vectors are not in the query's space" in result.hops[1].note
+
+
+def test_a_tool_call_whose_strategy_fails_takes_its_searches_back(chain):
+    from lir_agent.agentic.tools import call_tool
+
+    class Failing(Condensed):
+        def next_query(self, question, previous, session):
+            raise TimeoutError("the model's server did not answer")
+
+    session = SearchSession(chain, k=3)
+    session.search("bakery")
+    before = session.to_json()
+    with pytest.raises(TimeoutError):
+        call_tool(session, "multi_hop_search", {"question": CHAIN_QUESTION}, strategy=Failing(k=3))
+    assert session.to_json() == before  # hop 1's documents were not handed out: the agent can still get them
+    assert "journal" in [h.id for h in session.search(CHAIN_QUESTION).hits]

@@ -75,8 +75,11 @@ def evaluate_strategy(index: Any, dataset: BeirDataset, strategy: Strategy, labe
                       on_result: Callable[[str, MultiHopResult], None] | None = None) -> StrategyReport:
     """Runs ``strategy`` on each question of ``dataset`` (or those of ``question_ids``), each in a
     fresh session made by ``session(index)``, and scores the results (see the module docstring).
+    The first question is run once more before the timed runs, as a warm-up.
     The strategy's ``k`` should be at least EVAL_DEPTH for all-gold@20 to mean anything."""
     ids = list(question_ids) if question_ids is not None else list(dataset.queries)
+    if ids:  # warm-up, not counted: the first run pays for lazy loading (the strategy's, torch's)
+        strategy.run(dataset.queries[ids[0]], session(index))
     results: dict[str, MultiHopResult] = {}
     for qid in ids:
         results[qid] = strategy.run(dataset.queries[qid], session(index))

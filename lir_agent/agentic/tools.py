@@ -103,12 +103,18 @@ def call_tool(session: SearchSession, name: str, arguments: dict[str, Any],
     runs ``strategy`` (see :func:`resolve_strategy`; None: the default strategy returning the
     session's ``k`` documents). Raises InvalidInputError naming the tool or the argument that was
     wrong (the session unchanged) or an unknown strategy, DocumentNotFoundError for an unknown
-    document id."""
+    document id; when a strategy raises (a model's server failing mid-run), its searches are
+    taken back from the session (nothing counts as handed out) and the error propagates."""
     if name not in TOOLS:
         raise InvalidInputError(f"unknown tool {name!r}; the tools are {', '.join(TOOLS)}")
     args = parse_arguments(name, arguments)
     if name == "multi_hop_search":
-        found = resolve_strategy(strategy, session.k).run(args.question, session)
+        trace = list(session.trace)
+        try:
+            found = resolve_strategy(strategy, session.k).run(args.question, session)
+        except BaseException:  # e.g. the model's server failed mid-run: hand nothing out, charge nothing
+            session.trace = trace
+            raise
         return ToolAnswer(f"{found.to_text()}\n{session.budget.describe()}", found.to_dict())
     if name == "search":
         result = session.search(args.query, k=args.k, filter=args.filter)

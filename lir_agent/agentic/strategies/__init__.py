@@ -7,6 +7,7 @@ through :mod:`.models` with the prompts of :mod:`.prompts`.
 default (why it wins: the README's multi-hop section and ``benchmarks/agentic.py``).
 """
 
+import inspect
 from typing import Any
 
 from ...errors import InvalidInputError
@@ -34,9 +35,14 @@ def make_strategy(name: str, k: int = 10, llm: Any = None, **options: Any) -> St
     cls = STRATEGIES[name]
     if cls.needs_llm and llm is None:
         raise InvalidInputError(f"strategy {name!r} needs a model (llm=...)")
+    parameters = inspect.signature(cls).parameters
+    unknown = sorted(set(options) - set(parameters))
+    if unknown:
+        known = ", ".join(p for p in parameters if p not in ("llm", "k"))
+        raise InvalidInputError(f"strategy {name!r} takes no option {', '.join(unknown)}; its options: {known}")
     try:
         return cls(llm, k=k, **options) if cls.needs_llm else cls(k=k, **options)
-    except TypeError as exc:  # a missing or unknown option
+    except TypeError as exc:  # a missing option
         raise InvalidInputError(f"strategy {name!r}: {exc}") from exc
 
 

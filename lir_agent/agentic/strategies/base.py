@@ -24,7 +24,6 @@ from ..session import SearchResult, SearchSession, SessionHit
 # Why a strategy stopped (MultiHopResult.stopped starts with one of these).
 STOP_BUDGET = "budget"  # the session's hop or token budget is spent
 STOP_NOVELTY = "novelty"  # a hop found nothing new, or nothing close to the first hop's evidence
-STOP_ONE_HOP = "one hop"  # the strategy's own test: the first hop's evidence suffices
 STOP_DONE = "done"  # the strategy's plan is complete (all hops it plans were taken)
 STOP_MODEL = "model"  # the model said it can answer
 STOP_MAX_HOPS = "max hops"  # the strategy's own hop limit
@@ -103,6 +102,14 @@ class Strategy(ABC):
         settings = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_")
                              and isinstance(v, (int, float, str, bool)))
         return f"{self.name}({settings})"
+
+
+def check_count(strategy: str, option: str, value: Any, minimum: int = 1) -> int:
+    """``value`` when it is an integer >= ``minimum``; else InvalidInputError such as
+    ``condensed: hops must be an integer >= 1, got 0``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidInputError(f"{strategy}: {option} must be an integer >= {minimum}, got {value!r}")
+    return value
 
 
 class Run:

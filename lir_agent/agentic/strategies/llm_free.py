@@ -26,10 +26,11 @@ from typing import Any, Sequence
 
 import torch
 
+from ...errors import InvalidInputError
 from ...kmeans import kmeans
 from ..session import SearchSession, SessionHit
-from .base import (STOP_DONE, STOP_MAX_HOPS, STOP_NOVELTY, MultiHopResult, Run, Strategy, chain_hop, interleave,
-                   matched_sentences, stop_reason)
+from .base import (STOP_DONE, STOP_MAX_HOPS, STOP_NOVELTY, MultiHopResult, Run, Strategy, chain_hop, check_count,
+                   interleave, matched_sentences, stop_reason)
 
 
 class Single(Strategy):
@@ -56,6 +57,13 @@ def condensed_context(hits: Sequence[Any], sentences: int) -> str:
     return " ".join(parts)
 
 
+def stored_in_query_space(session: SearchSession, hits: Sequence[SessionHit]) -> bool:
+    """Whether the index's stored token vectors have the query encoder's dimension (a compressed
+    index with a PCA projection stores them projected: they cannot be compared with a query
+    outside the engine)."""
+    return bool(hits) and session.index.get_embeddings(hits[0].id).shape[1] == session.index.encoder.dim
+
+
 class _Chained(Strategy):
     """A first hop for the question, then up to ``hops - 1`` hops, each searching what
     :meth:`next_query` builds from the previous hop's ``context_docs`` best documents.
@@ -72,8 +80,12 @@ class _Chained(Strategy):
     def __init__(self, k: int = 10, hops: int = 2, context_docs: int = 3, sentences: int = 2, keep: int = 5,
                  min_relative: float = 0.0):
         super().__init__(k)
-        self.hops, self.context_docs, self.sentences = hops, context_docs, sentences
-        self.keep = min(keep, max(1, self.k // 2))  # later hops must have room in the first k
+        self.hops = check_count(self.name, "hops", hops)
+        self.context_docs = check_count(self.name, "context_docs", context_docs)
+        self.sentences = check_count(self.name, "sentences", sentences, minimum=0)
+        self.keep = min(check_count(self.name, "keep", keep), max(1, self.k // 2))  # room for later hops in k
+        if isinstance(min_relative, bool) or not isinstance(min_relative, (int, float)) or min_relative < 0:
+            raise InvalidInputError(f"{self.name}: min_relative must be a number >= 0, got {min_relative!r}")
         self.min_relative = min_relative
 
     def next_query(self, question: str, previous: Sequence[SessionHit], session: SearchSession) -> dict[str, Any]:
@@ -145,15 +157,19 @@ class Flipr(_Chained):
     def __init__(self, k: int = 10, hops: int = 2, context_docs: int = 3, sentences: int = 2, keep: int = 5,
                  context_top: int = 8, depth: int = 100, min_relative: float = 0.0):
         super().__init__(k, hops, context_docs, sentences, keep, min_relative)
-        self.context_top, self.depth = context_top, depth
+        self.context_top = check_count(self.name, "context_top", context_top)
+        self.depth = check_count(self.name, "depth", depth)
 
     def next_query(self, question: str, previous: Sequence[SessionHit], session: SearchSession) -> dict[str, Any]:
         encoder = session.index.encoder
         contexts = [condensed_context([hit], self.sentences) for hit in previous]
         matrices = encoder.encode_queries([question] + contexts)
+        query = {"query": " ".join([question] + contexts), "query_matrix": torch.cat(matrices)}
+        if not stored_in_query_space(session, previous):
+            return query | {"note": "FLIPR re-scoring skipped: stored vectors are not in the query's space"}
         rerank = FliprReranker(int(matrices[0].shape[0]), self.context_top, depth=self.depth)
-        return {"query": " ".join([question] + contexts), "query_matrix": torch.cat(matrices), "rerank": rerank,
-                "note": f"FLIPR: question + top-{self.context_top} context tokens of {len(contexts)} documents"}
+        return query | {"rerank": rerank,
+                        "note": f"FLIPR: question + top-{self.context_top} context tokens of {len(contexts)} documents"}
 
 
 class PseudoRelevanceFeedback(_Chained):
@@ -169,8 +185,10 @@ class PseudoRelevanceFeedback(_Chained):
                  expansion_tokens: int = 10, beta: float = 1.0, idf_sample: int = 1000, occurs_at: float = 0.75,
                  min_relative: float = 0.0):
         super().__init__(k, hops, context_docs, 0, keep, min_relative)
-        self.clusters, self.expansion_tokens, self.beta = clusters, expansion_tokens, beta
-        self.idf_sample, self.occurs_at = idf_sample, occurs_at
+        self.clusters = check_count(self.name, "clusters", clusters)
+        self.expansion_tokens = check_count(self.name, "expansion_tokens", expansion_tokens)
+        self.idf_sample = check_count(self.name, "idf_sample", idf_sample)
+        self.beta, self.occurs_at = float(beta), float(occurs_at)
         self._sample: tuple[Any, torch.Tensor, torch.Tensor] | None = None  # (index, tokens, document of each token)
 
     def _sampled(self, session: SearchSession) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,10 +204,10 @@ class PseudoRelevanceFeedback(_Chained):
     def next_query(self, question: str, previous: Sequence[SessionHit], session: SearchSession) -> dict[str, Any]:
         encoder = session.index.encoder
         query = encoder.encode_queries([question])[0].float()
+        if not stored_in_query_space(session, previous):
+            return {"query": question, "note": "PRF skipped: stored vectors are not in the query's space"}
         feedback = [session.index.get_embeddings(h.id).float() for h in previous]
         tokens = torch.cat(feedback)
-        if tokens.shape[1] != query.shape[1]:  # stored in a projected space: no expansion possible
-            return {"query": question, "note": "PRF skipped: stored vectors are not in the query's space"}
         centroids = torch.nn.functional.normalize(kmeans(tokens, min(self.clusters, len(tokens))), dim=1)
         sample, owner = self._sampled(session)
         documents = int(owner.max()) + 1
@@ -215,7 +233,9 @@ class Beam(Strategy):
 
     def __init__(self, k: int = 10, beam: int = 3, sentences: int = 2, keep: int = 5):
         super().__init__(k)
-        self.beam, self.sentences, self.keep = beam, sentences, min(keep, max(1, self.k // 2))
+        self.beam = check_count(self.name, "beam", beam)
+        self.sentences = check_count(self.name, "sentences", sentences, minimum=0)
+        self.keep = min(check_count(self.name, "keep", keep), max(1, self.k // 2))
 
     def run(self, question: str, session: SearchSession) -> MultiHopResult:
         run = Run(self, question, session)
@@ -240,4 +260,4 @@ class Beam(Strategy):
                     chains[hit.id] = max(chains.get(hit.id, float("-inf")), chain)
         later = sorted(chains, key=lambda d: -chains[d])
         return run.result(interleave([h.id for h in first.hits], later, self.keep),
-                          stopped or f"{STOP_DONE}: {len(run.hops) - 1} chains from the first hop")
+                          stopped or f"{STOP_DONE}: chains from {len(run.hops) - 1} first-hop documents")
