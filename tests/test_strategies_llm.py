@@ -19,7 +19,7 @@ from lir_agent.agentic.strategies import (STRATEGIES, ChatModel, Decomposition, 
 from lir_agent.agentic.strategies.base import (STOP_BAD_OUTPUT, STOP_BUDGET, STOP_DONE, STOP_MAX_HOPS, STOP_MODEL,
                                                STOP_NOVELTY, interleave)
 from lir_agent.agentic.strategies.llm_driven import Thought, fill_placeholders
-from lir_agent.agentic.strategies.models import first_json_object, parse_reply
+from lir_agent.agentic.strategies.models import first_json_object, nothing_to_none, parse_reply
 
 pytest.importorskip("langchain_core")
 pytest.importorskip("llama_index.core")
@@ -72,17 +72,18 @@ class ScriptedChat(GenericFakeChatModel):
 
 class StructuredChat(ScriptedChat):
     """A scripted chat model with structured output, as ChatOpenAI's json_schema method behaves
-    with include_raw=True; ``fail``: the server refuses structured output (before any reply)."""
+    with include_raw=True; ``failures``: exceptions its next structured calls raise (before any
+    reply), one per call."""
 
     methods: list[str] = Field(default_factory=list)
-    fail: bool = False
+    failures: list[Any] = Field(default_factory=list)
 
     def with_structured_output(self, schema, *, include_raw=False, method="function_calling", **kwargs):
         self.methods.append(method)
 
         def call(prompt):
-            if self.fail:
-                raise RuntimeError("400: response_format is not supported")
+            if self.failures:
+                raise self.failures.pop(0)
             raw = self.invoke(prompt)
             try:
                 return {"raw": raw, "parsed": schema.model_validate_json(raw.content), "parsing_error": None}
@@ -144,6 +145,15 @@ def step(**fields: Any) -> str:
     return json.dumps(fields)
 
 
+def api_error(name: str, status: int | None = None) -> Exception:
+    """An exception like an HTTP client's (openai's, httpx's): a class called ``name`` with
+    ``status_code`` when ``status`` is given."""
+    error = type(name, (Exception,), {})(f"{status or ''} {name}")
+    if status is not None:
+        error.status_code = status
+    return error
+
+
 def queries(session):
     return [(e.query, e.include_seen) for e in session.trace]
 
@@ -169,6 +179,35 @@ def hand_fused(session, keep):
 ])
 def test_first_json_object_reads_what_small_models_write(text, expected):
     assert first_json_object(text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"a": {"b": 1}} then {"thought": "x"}', {"thought": "x"}),  # the first object lacks the fields
+    ('{"result": {"answer": "A"}}', {"answer": "A"}),  # nested in an envelope
+    ('{"a": 1} {"b": 2}', {"a": 1}),  # none has them: the first object
+])
+def test_first_json_object_prefers_an_object_with_the_schemas_fields(text, expected):
+    assert first_json_object(text, {"thought", "answer"}) == expected
+    reply, note = parse_reply('{"a":{"b":1}} then {"thought": "x"}', Thought)
+    assert reply == Thought(thought="x") and note is None
+
+
+NON_ANSWERS = ["Unknown.", "Not enough information", "None yet", "not found", "cannot be determined from the evidence",
+               "<the short answer, or null>", "It cannot be determined from the evidence yet.", "N/A", " ? ",
+               "Not in the evidence.", "insufficient information to answer the question", "I don't know", "**null**"]
+
+
+@pytest.mark.parametrize("answer", NON_ANSWERS + [False, 0, [], {}])
+def test_non_answers_read_as_none_and_keep_the_thought(answer):
+    reply, note = parse_reply(json.dumps({"thought": THOUGHT, "answer": answer}), Thought)
+    assert reply == Thought(thought=THOUGHT) and note is None
+
+
+@pytest.mark.parametrize("answer", ["Eleanor Quill", "Unknown Pleasures", "No", "None of the above", "<i>Hamlet</i>",
+                                    "Nothing Else Matters"])
+def test_answers_that_look_like_non_answers_are_kept(answer):
+    assert nothing_to_none(f" {answer} ") == answer
+    assert parse_reply(step(answer=answer), Thought)[0].answer == answer
 
 
 def test_parse_reply_validates_and_says_why_not():
@@ -199,13 +238,51 @@ def test_langchain_structured_output_uses_json_schema_and_its_raw_text():
     assert llm.methods == ["json_schema", "json_schema"] and llm.prompts == ["p1", "p2"]
 
 
-def test_a_structured_output_error_falls_back_to_a_text_call():
-    llm = chat(step(thought="t1"), step(thought="t2"), structured=True, fail=True)
+@pytest.mark.parametrize("error", [
+    api_error("BadRequestError", 400), api_error("UnprocessableEntityError", 422), NotImplementedError("no"),
+    ValueError("bad schema"), TypeError("unexpected keyword 'method'"), AttributeError("no with_structured_output"),
+    json.JSONDecodeError("Expecting value", "x", 0),
+], ids=lambda e: type(e).__name__)
+def test_unsupported_structured_output_falls_back_to_text_for_good(error):
+    llm = chat(step(thought="t1"), step(thought="t2"), structured=True, failures=[error])
     model = ChatModel.wrap(llm)
     reply, _, note = model.structured("p1", Thought)
-    assert reply == Thought(thought="t1") and "structured output failed (RuntimeError: '400" in note
+    assert reply == Thought(thought="t1") and f"structured output failed ({type(error).__name__}" in note
     assert model.structured("p2", Thought) == (Thought(thought="t2"), step(thought="t2"), None)
     assert llm.methods == ["json_schema"] and llm.prompts == ["p1", "p2"]
+
+
+def test_output_parser_exceptions_count_as_unparsable():
+    from langchain_core.exceptions import OutputParserException
+
+    llm = chat(step(thought="t1"), structured=True, failures=[OutputParserException("cannot parse")])
+    reply, _, note = ChatModel.wrap(llm).structured("p", Thought)
+    assert reply == Thought(thought="t1") and "OutputParserException" in note
+
+
+@pytest.mark.parametrize("error", [
+    ConnectionError("refused"), TimeoutError("timed out"), OSError("network unreachable"),
+    api_error("APIConnectionError"), api_error("APITimeoutError"), api_error("ReadTimeout"), api_error("ConnectError"),
+    api_error("InternalServerError", 500), api_error("RateLimitError", 429), api_error("APIStatusError", 503),
+], ids=lambda e: type(e).__name__)
+def test_errors_of_the_call_itself_propagate_and_keep_structured_output(error):
+    llm = chat(step(thought="t1"), structured=True, failures=[error])
+    model = ChatModel.wrap(llm)
+    with pytest.raises(type(error)):
+        model.structured("p1", Thought)
+    assert llm.prompts == []  # no text call after the failure
+    assert model.structured("p2", Thought) == (Thought(thought="t1"), step(thought="t1"), None)
+    assert llm.methods == ["json_schema", "json_schema"]  # structured output tried again
+
+
+def test_httpx_errors_propagate():
+    httpx = pytest.importorskip("httpx")
+    request = httpx.Request("POST", "http://localhost/v1/chat/completions")
+    for error in (httpx.ConnectTimeout("slow", request=request), httpx.RemoteProtocolError("cut", request=request),
+                  httpx.HTTPStatusError("502", request=request, response=httpx.Response(502, request=request))):
+        model = ChatModel.wrap(chat(structured=True, failures=[error]))
+        with pytest.raises(type(error)):
+            model.structured("p", Thought)
 
 
 def test_llamaindex_models_text_and_structured_predict():
@@ -280,9 +357,11 @@ def test_ircot_stops_on_its_hop_limit_the_session_budget_and_novelty(index):
     assert result.stopped == f"{STOP_MAX_HOPS}: 2 hops" and len(session.trace) == 2 and result.answer is None
 
     session = SearchSession(index, max_hops=1)
-    result = IRCoT(Scripted(step(thought=THOUGHT)), k=2, keep=1).run(QUESTION, session)
+    model = Scripted(step(thought=THOUGHT))
+    result = IRCoT(model, k=2, keep=1).run(QUESTION, session)
     assert result.stopped.startswith(STOP_BUDGET) and len(session.trace) == 1
-    assert [h.number for h in result.hops] == [1, 0] and result.ids == session.trace[0].ids
+    assert [h.number for h in result.hops] == [1] and result.ids == session.trace[0].ids
+    assert model.prompts == []  # the budget is checked before the model is asked for a search
 
     session = SearchSession(index)  # the first hop returns every document: the second finds nothing new
     result = IRCoT(Scripted(step(thought=THOUGHT)), k=len(DOCS), keep=1).run(QUESTION, session)
@@ -302,6 +381,36 @@ def test_ircot_turns_malformed_output_into_a_note(index, reply, note):
     assert result.stopped.startswith(STOP_BAD_OUTPUT) and note in result.stopped
     assert len(result.notes) == 1 and note in result.notes[0]
     assert len(session.trace) == 1 and result.ids == session.trace[0].ids
+
+
+NOT_YET = "The answer is not in the evidence yet; I need the society that publishes the journal."
+BRACED = "I think {maybe} the Marsh Harbour Society publishes it."
+
+
+@pytest.mark.parametrize("first, searched", [
+    (step(thought=NOT_YET), NOT_YET),
+    (step(thought="So the answer is: unknown for now."), "So the answer is: unknown for now."),
+    *[(step(thought=THOUGHT, answer=answer), THOUGHT) for answer in NON_ANSWERS],
+    (json.dumps({"thought": THOUGHT, "answer": False}), THOUGHT),
+    (f"{BRACED} Its president is next.", BRACED),  # prose with a brace: its first sentence
+])
+def test_ircot_does_not_take_a_non_answer_for_an_answer(index, first, searched):
+    model = Scripted(first, step(thought="Its first president was Eleanor Quill.", answer="Eleanor Quill"))
+    session = SearchSession(index)
+    result = IRCoT(model, k=2, keep=1).run(QUESTION, session)
+    assert queries(session) == [(QUESTION, False), (f"{QUESTION} {searched}", True)] and len(model.prompts) == 2
+    assert result.answer == "Eleanor Quill" and result.stopped == f"{STOP_MODEL}: the model answered after 2 hops"
+
+
+def test_ircot_says_1_hop_and_stops_on_an_echoed_template(index):
+    result = IRCoT(Scripted(step(answer="Eleanor Quill")), k=2, max_hops=1).run(QUESTION, SearchSession(index))
+    assert result.stopped == f"{STOP_MAX_HOPS}: 1 hop"
+    result = IRCoT(Scripted(step(answer="Eleanor Quill")), k=2).run(QUESTION, SearchSession(index))
+    assert result.stopped == f"{STOP_MODEL}: the model answered after 1 hop"
+    session = SearchSession(index)
+    result = IRCoT(MockLLM(), k=2).run(QUESTION, session)  # replies with the prompt: its template's placeholders
+    assert result.answer is None and len(session.trace) == 1
+    assert result.stopped == f"{STOP_BAD_OUTPUT}: the model gave neither a thought nor an answer"
 
 
 def test_ircot_searches_a_mock_llms_prose_with_a_note_until_nothing_is_new(index):
@@ -357,6 +466,16 @@ def test_decomposition_handles_garbage_and_budgets(index):
     model = Scripted(step(next_question=SUB_1), step(answer_to_last="Marsh Harbour Society", next_question=SUB_2))
     result = Decomposition(model, k=2).run(QUESTION, session)
     assert result.stopped.startswith(STOP_BUDGET) and queries(session) == [(SUB_1, False)]
+    assert len(model.prompts) == 1 and [h.number for h in result.hops] == [1]  # not asked for a search refused
+
+    session = SearchSession(index, max_tokens=5)  # the tokens are spent before the first search
+    model = Scripted(step(next_question=SUB_1))
+    result = Decomposition(model, k=2).run(QUESTION, session)
+    assert result.stopped.startswith(STOP_BUDGET) and model.prompts == [] and session.trace == []
+
+    model = Scripted(step(next_question=SUB_1), step(final_answer="Eleanor Quill"))
+    result = Decomposition(model, k=2).run(QUESTION, SearchSession(index))
+    assert result.stopped == f"{STOP_MODEL}: the model gave its final answer after 1 sub-question"
 
 
 # ---------------------------------------------------------------- the oracle
@@ -377,7 +496,8 @@ def test_oracle_replays_gold_sub_questions_with_answers_filled_in(index, tmp_pat
     session = SearchSession(index)
     result = strategy.run(QUESTION, session)
     assert queries(session) == [(SUB_1, False), ("Who was the first president of Marsh Harbour Society ?", True)]
-    assert result.stopped == f"{STOP_DONE}: all 2 gold sub-questions searched" and result.answer == "Eleanor Quill"
+    assert result.stopped == f"{STOP_DONE}: the whole gold plan searched (2 sub-questions)"
+    assert result.answer == "Eleanor Quill" and strategy.describe() == "oracle(k=2, max_hops=4, keep=1)"
     assert result.ids == hand_fused(session, keep=1)[:2] and GOLD <= set(result.ids) and result.notes == []
 
     session = SearchSession(index)
@@ -432,6 +552,14 @@ def test_expansion_without_a_passage_searches_the_question(index):
         ReasoningExpansion(Scripted(), fusion="mean")
 
 
+def test_expansion_does_not_call_the_model_on_a_spent_budget(index):
+    session = SearchSession(index, max_hops=1)
+    session.search("Rome")
+    model = Scripted(PASSAGE)
+    result = ReasoningExpansion(model, k=2).run(QUESTION, session)
+    assert result.stopped.startswith(STOP_BUDGET) and model.prompts == [] and result.ids == []
+
+
 # ---------------------------------------------------------------- the registry
 def test_make_strategy_builds_the_llm_strategies():
     for name, cls in [("ircot", IRCoT), ("decompose", Decomposition), ("expand", ReasoningExpansion)]:
@@ -440,7 +568,25 @@ def test_make_strategy_builds_the_llm_strategies():
         assert isinstance(strategy, cls) and strategy.k == 3
         with pytest.raises(InvalidInputError, match=f"strategy {name!r} needs a model"):
             make_strategy(name)
-    with pytest.raises(InvalidInputError, match="strategy 'ircot': .*unexpected keyword argument 'nope'"):
+    with pytest.raises(InvalidInputError, match="strategy 'ircot'.*nope"):
         make_strategy("ircot", llm=Scripted(), nope=1)
-    with pytest.raises(InvalidInputError, match="max_hops must be a positive integer"):
-        IRCoT(Scripted(), max_hops=0)
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("ircot", {"keep": -1}, "ircot: keep must be an integer >= 1, got -1"),
+    ("ircot", {"max_hops": 0}, "ircot: max_hops must be an integer >= 1, got 0"),
+    ("ircot", {"max_hops": True}, "ircot: max_hops must be an integer >= 1, got True"),
+    ("ircot", {"context_docs": 0}, "ircot: context_docs must be an integer >= 1, got 0"),
+    ("ircot", {"sentences": -2}, "ircot: sentences must be an integer >= 1, got -2"),
+    ("decompose", {"keep": 1.5}, "decompose: keep must be an integer >= 1, got 1.5"),
+    ("decompose", {"context_docs": -3}, "decompose: context_docs must be an integer >= 1, got -3"),
+    ("oracle", {"plans": {}, "max_hops": -1}, "oracle: max_hops must be an integer >= 1, got -1"),
+    ("oracle", {"plans": {}, "keep": 0}, "oracle: keep must be an integer >= 1, got 0"),
+    ("expand", {"rrf_k": -1}, "expand: rrf_k must be a number > 0, got -1"),
+    ("expand", {"rrf_k": -60}, "expand: rrf_k must be a number > 0, got -60"),
+    ("expand", {"rrf_k": 0}, "expand: rrf_k must be a number > 0, got 0"),
+    ("expand", {"rrf_k": "60"}, "expand: rrf_k must be a number > 0, got '60'"),
+])
+def test_numeric_options_are_checked(name, options, message):
+    with pytest.raises(InvalidInputError, match=f"^{message}$"):
+        make_strategy(name, llm=Scripted(), **options)

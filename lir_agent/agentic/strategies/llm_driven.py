@@ -20,10 +20,13 @@ search next. The model is any LangChain chat model, LlamaIndex LLM or ``str -> s
 
 The hop-by-hop strategies fuse like the LLM-free chained ones
 (:func:`~lir_agent.agentic.strategies.base.chain_hop`): later hops may return earlier documents,
-the first hop's ``keep`` best stay on top. They stop on the session's budget, on a hop with
-nothing new, on the model's answer, or after ``max_hops`` searches. A model's malformed output
-never raises: a note goes into ``MultiHopResult.notes`` and the next hop's note, and where
-nothing usable is left the run stops with ``STOP_BAD_OUTPUT``.
+the first hop's ``keep`` best stay on top. They stop on the session's budget (checked before the
+model is asked for the next search), on a hop with nothing new, on the model's answer, or after
+``max_hops`` searches. A model's malformed output never raises: a note goes into
+``MultiHopResult.notes`` and the next hop's note, and where nothing usable is left the run stops
+with ``STOP_BAD_OUTPUT``. A reply that says there is no answer yet ("unknown", "not enough
+information", the prompt's ``<placeholder>`` echoed, false: :func:`~.models.nothing_to_none`)
+is no answer.
 """
 
 from __future__ import annotations
@@ -37,14 +40,18 @@ import torch
 
 from ...corpus import read_jsonl
 from ...errors import InvalidInputError
-from ..session import SearchSession, SessionHit
-from .base import (STOP_BAD_OUTPUT, STOP_DONE, STOP_MAX_HOPS, STOP_MODEL, MultiHopResult, Run, Strategy,
-                   chain_hop, reciprocal_rank_fusion, stop_reason, sentences as sentence_spans)
+from ..session import SearchSession, SessionHit, _spent
+from .base import (STOP_BAD_OUTPUT, STOP_BUDGET, STOP_DONE, STOP_MAX_HOPS, STOP_MODEL, MultiHopResult, Run,
+                   Strategy, chain_hop, check_count, reciprocal_rank_fusion, stop_reason,
+                   sentences as sentence_spans)
 from .llm_free import condensed_context
-from .models import ChatModel, Reply
+from .models import ChatModel, Reply, nothing_to_none
 from .prompts import NOTHING_YET, Prompts
 
-_THE_ANSWER_IS = re.compile(r"\bthe answer is:?\s*(?P<answer>.+?)[\s.]*$", re.IGNORECASE | re.DOTALL)
+# "... the answer is X" in a sentence, unless negated ("the answer is not in the evidence yet")
+_THE_ANSWER_IS = re.compile(r"\bthe answer is\b:?\s*(?![:\s]*(?:not|unknown|unclear|uncertain|undetermined|missing|"
+                            r"absent|still|yet)\b)(?P<answer>.+?)[\s.]*$", re.IGNORECASE | re.DOTALL)
+_JSON_START = re.compile(r"\{\s*[\"']")  # a reply that tried to be JSON, unlike prose with a {brace}
 _PLACEHOLDER = re.compile(r"#(\d+)")
 
 SubQuestions = Sequence[tuple[str, "str | None"]]  # (sub-question, its answer when known), in order
@@ -75,16 +82,42 @@ def _joined(*notes: str | None) -> str | None:
     return "; ".join(n for n in notes if n) or None
 
 
+def _count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless n is 1: "1 hop", "2 hops"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _budget_spent(session: SearchSession) -> str | None:
+    """STOP_BUDGET with the session's reason to refuse a search (hops or tokens spent), or None:
+    asked before a model is, so that no model call is spent on a search that cannot be made."""
+    refusal = _spent(session.budget)
+    return f"{STOP_BUDGET}: {refusal}" if refusal else None
+
+
 class _Hops(Strategy):
     """Searches hop by hop: the first hop ``k`` documents, later ones ``k + keep`` with earlier
     documents allowed, fused by :func:`~.base.chain_hop`; a model reads each hop's
-    ``context_docs`` best documents, ``sentences`` sentences each."""
+    ``context_docs`` best documents, ``sentences`` sentences each (None: no model reads them).
+    Raises InvalidInputError for a count below 1."""
 
-    def __init__(self, k: int, max_hops: int, keep: int, context_docs: int, sentences: int):
+    context_docs: int | None = None
+    sentences: int | None = None
+
+    def __init__(self, k: int, max_hops: int, keep: int, context_docs: int | None = None,
+                 sentences: int | None = None):
         super().__init__(k)
-        if isinstance(max_hops, bool) or not isinstance(max_hops, int) or max_hops < 1:
-            raise InvalidInputError(f"max_hops must be a positive integer, got {max_hops!r}")
-        self.max_hops, self.keep, self.context_docs, self.sentences = max_hops, keep, context_docs, sentences
+        self.max_hops = check_count(self.name, "max_hops", max_hops)
+        self.keep = check_count(self.name, "keep", keep)
+        if context_docs is not None or sentences is not None:
+            self.context_docs = check_count(self.name, "context_docs", context_docs)
+            self.sentences = check_count(self.name, "sentences", sentences)
+
+    def _limit(self, run: Run) -> str | None:
+        """Why no further hop may be taken (``max_hops`` taken, the session's budget spent), or
+        None; asked before the model is."""
+        if len(run.hops) >= self.max_hops:
+            return f"{STOP_MAX_HOPS}: {_count(self.max_hops, 'hop')}"
+        return _budget_spent(run.session)
 
     def _hop(self, run: Run, ranked: list[str], query: str,
              note: str | None = None) -> tuple[list[str], list[SessionHit], str | None]:
@@ -119,14 +152,13 @@ class IRCoT(_Hops):
         thoughts: list[str] = []
         answer = None
         while stopped is None:
-            if len(run.hops) >= self.max_hops:
-                stopped = f"{STOP_MAX_HOPS}: {self.max_hops} hops"
+            if stopped := self._limit(run):
                 break
             thought, answer, note = self._next(question, evidence, thoughts)
             if note:
                 run.notes.append(note)
             if answer is not None:
-                stopped = f"{STOP_MODEL}: the model answered after {len(run.hops)} hops"
+                stopped = f"{STOP_MODEL}: the model answered after {_count(len(run.hops), 'hop')}"
                 break
             if thought is None:
                 stopped = f"{STOP_BAD_OUTPUT}: {note}"
@@ -140,19 +172,20 @@ class IRCoT(_Hops):
 
     def _next(self, question: str, evidence: Sequence[SessionHit],
               thoughts: Sequence[str]) -> tuple[str | None, str | None, str | None]:
-        """The model's next step: (sentence, answer, note), each None when absent."""
+        """The model's next step: (sentence, answer, note), each None when absent. A reply that
+        is not JSON, nor cut-off JSON, is prose: its first sentence is the thought."""
         prompt = self.prompts.ircot.format(question=question, evidence=evidence_text(evidence, self.sentences),
                                            reasoning=" ".join(thoughts) or NOTHING_YET)
         reply, raw, note = self.model.structured(prompt, Thought)
         said = reply.thought if reply else None
-        if reply is None and raw.strip() and "{" not in raw:  # prose: IRCoT's own format
+        if reply is None and raw.strip() and not _JSON_START.search(raw):  # prose: IRCoT's own format
             said, (start, end) = raw, sentence_spans(raw)[0]
             reply = Thought(thought=raw[start:end])
             note = f"{note}; read the reply as the next sentence"
         if reply is None:
             return None, None, note
         stated = _THE_ANSWER_IS.search(said or "")
-        answer = reply.answer or (stated["answer"] if stated else None)
+        answer = reply.answer or (nothing_to_none(stated["answer"]) if stated else None)
         if reply.thought is None and answer is None:
             note = _joined(note, "the model gave neither a thought nor an answer")
         return reply.thought, answer, note
@@ -196,7 +229,7 @@ class ModelPlanner:
         last = reply.answer_to_last if reply else None
         if reply and reply.final_answer and asked:
             return PlanStep(answer_to_last=last, stop=f"{STOP_MODEL}: the model gave its final answer after "
-                            f"{len(asked)} sub-questions", answer=reply.final_answer, note=note)
+                            f"{_count(len(asked), 'sub-question')}", answer=reply.final_answer, note=note)
         if reply and reply.next_question:
             return PlanStep(reply.next_question, last, note=note)
         if not asked:
@@ -224,8 +257,8 @@ class OraclePlanner:
         done = len(asked)
         last = plan[done - 1][1] if done else None
         if done == len(plan):
-            return PlanStep(answer_to_last=last, stop=f"{STOP_DONE}: all {done} gold sub-questions searched",
-                            answer=last)
+            return PlanStep(answer_to_last=last, stop=f"{STOP_DONE}: the whole gold plan searched "
+                            f"({_count(done, 'sub-question')})", answer=last)
         return PlanStep(fill_placeholders(plan[done][0], [answer for _, answer in plan[:done]]), last)
 
 
@@ -268,8 +301,7 @@ class _Planned(_Hops):
         evidence: list[SessionHit] = []
         stopped = answer = None
         while stopped is None:
-            if len(run.hops) >= self.max_hops:
-                stopped = f"{STOP_MAX_HOPS}: {self.max_hops} hops"
+            if stopped := self._limit(run):
                 break
             step = self.planner.step(question, asked, evidence)
             if step.note:
@@ -307,7 +339,7 @@ class OracleDecomposition(_Planned):
     name = "oracle"
 
     def __init__(self, plans: Mapping[str, Sequence[tuple[str, str]]], k: int = 10, max_hops: int = 4, keep: int = 5):
-        super().__init__(k, max_hops, keep, context_docs=0, sentences=0)
+        super().__init__(k, max_hops, keep)
         self.planner = OraclePlanner(plans)
 
 
@@ -317,7 +349,9 @@ class ReasoningExpansion(Strategy):
     passage are searched (the passage's search may return the question's documents) and their
     rankings fused by reciprocal rank fusion (constant ``rrf_k``); ``fusion="tokens"``: one search
     with the question's and the passage's query matrices stacked, so every token of both counts
-    in one MaxSim score. An empty passage: the question alone is searched, with a note."""
+    in one MaxSim score. An empty passage: the question alone is searched, with a note. A spent
+    session budget stops the run before the model is called. Raises InvalidInputError for an
+    unknown ``fusion`` or an ``rrf_k`` that is not a number > 0."""
 
     name = "expand"
     needs_llm = True
@@ -326,11 +360,15 @@ class ReasoningExpansion(Strategy):
                  prompts: Prompts | Mapping[str, str] | None = None):
         super().__init__(k)
         if fusion not in ("rrf", "tokens"):
-            raise InvalidInputError(f"fusion must be 'rrf' or 'tokens', got {fusion!r}")
+            raise InvalidInputError(f"{self.name}: fusion must be 'rrf' or 'tokens', got {fusion!r}")
+        if isinstance(rrf_k, bool) or not isinstance(rrf_k, (int, float)) or not 0 < rrf_k < float("inf"):
+            raise InvalidInputError(f"{self.name}: rrf_k must be a number > 0, got {rrf_k!r}")
         self.model, self.prompts, self.fusion, self.rrf_k = ChatModel.wrap(llm), Prompts.of(prompts), fusion, rrf_k
 
     def run(self, question: str, session: SearchSession) -> MultiHopResult:
         run = Run(self, question, session)
+        if stopped := _budget_spent(session):
+            return run.result([], stopped)
         passage = " ".join(self.model.text(self.prompts.expand.format(question=question)).split())
         if not passage:
             run.notes.append(note := "the model wrote no passage: searched the question alone")

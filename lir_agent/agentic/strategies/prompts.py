@@ -2,8 +2,10 @@
 
 Each is one user message. The structured ones end by asking for one JSON object with the keys
 the strategy reads; the model's reply is parsed by :mod:`.models` (the model's own structured
-output where it has one, else the first JSON object of its text). Keys a reply leaves out, or
-fills with ``null``, "none", "unknown" or nothing, read as absent.
+output where it has one, else the first JSON object of its text that has one of the keys). Keys
+a reply leaves out, or fills with ``null``, false, nothing, or words for no answer ("none",
+"unknown", "not enough information", the template's own ``<placeholder>``:
+:func:`~.models.nothing_to_none`), read as absent.
 
 Replace any of them with ``prompts=`` (a :class:`Prompts` or a dict keyed by its field names)
 on a strategy; a replacement may use only its template's fields, and braces that are meant
