@@ -590,3 +590,14 @@ def test_make_strategy_builds_the_llm_strategies():
 def test_numeric_options_are_checked(name, options, message):
     with pytest.raises(InvalidInputError, match=f"^{message}$"):
         make_strategy(name, llm=Scripted(), **options)
+
+
+def test_a_reply_cut_at_the_token_limit_is_a_note_not_an_error():
+    # openai's LengthFinishReasonError: the model ran out of max_tokens inside its JSON
+    llm = chat(step(thought="t2"), structured=True, failures=[api_error("LengthFinishReasonError")])
+    model = ChatModel.wrap(llm)
+    reply, raw, note = model.structured("p1", Thought)
+    assert reply is None and raw == "" and note.startswith("the model's reply was not finished (LengthFinishReasonError")
+    assert llm.prompts == []  # no second call for this reply
+    assert model.structured("p2", Thought) == (Thought(thought="t2"), step(thought="t2"), None)
+    assert llm.methods == ["json_schema", "json_schema"]  # structured output still used

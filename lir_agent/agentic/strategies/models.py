@@ -158,13 +158,16 @@ class ChatModel(ABC):
     def structured(self, prompt: str, schema: type[R]) -> tuple[R | None, str, str | None]:
         """The reply to ``prompt`` as ``schema``: (reply or None, the raw text, a note or None).
         The note says what went wrong: structured output unsupported or unparsable (after which
-        text is asked for, now and from then on), no JSON in the text, JSON that does not fit
-        ``schema``. Raises what the model call raises otherwise (:func:`structured_unsupported`)."""
+        text is asked for, now and from then on), a reply cut at the model's token limit (openai's
+        ``LengthFinishReasonError``: no reply this time), no JSON in the text, JSON that does not
+        fit ``schema``. Raises what the model call raises otherwise (:func:`structured_unsupported`)."""
         failed = None
         if self._structured:
             try:
                 reply, raw = self._structured_reply(prompt, schema)
             except Exception as exc:
+                if "FinishReason" in type(exc).__name__:  # openai's: the reply was cut (length) or withheld
+                    return None, "", f"the model's reply was not finished ({type(exc).__name__}: {_quote(str(exc))})"
                 if not structured_unsupported(exc):
                     raise
                 self._structured = False  # unsupported: text from now on
