@@ -38,7 +38,7 @@ MULTIHOP = sorted(p.name for p in (DATA / "multihop").iterdir() if (p / "corpus.
 LLM_FREE = ["single", "default", "flipr", "prf", "beam"]
 COMPRESSED_STRATEGIES = ["single", "default"]  # the floors ask for these on the compressed index
 SCIFACT_STRATEGIES = ["single", "default"]
-LLM_STRATEGIES = ["single", "ircot", "decompose", "expand", "expand-tokens", "oracle"]
+LLM_STRATEGIES = ["single", "default", "ircot", "decompose", "expand", "expand-tokens", "oracle"]
 
 
 def dataset(name: str) -> BeirDataset:
@@ -132,7 +132,8 @@ def llm_driven(rows: list[dict], questions: int, size: str, seed: int) -> None:
                 result = evaluate_strategy(index, data, strategy(name, plans, llm, li_llm), None, sample)
                 report(rows, set_name, f"{size}", name, result)
                 rows[-1]["seconds_per_question"] = (time.perf_counter() - started) / len(sample)
-                rows[-1]["model"] = f"Qwen2.5-Coder-{size.upper()}-Instruct Q4_K_M" if name not in ("single", "oracle") else None
+                rows[-1]["model"] = (f"Qwen2.5-Coder-{size.upper()}-Instruct Q4_K_M"
+                                     if name not in ("single", "default", "oracle") else None)
 
 
 def plot(rows: list[dict], path: Path) -> None:
