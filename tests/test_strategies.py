@@ -230,3 +230,15 @@ def test_a_tool_call_whose_strategy_fails_takes_its_searches_back(chain):
         call_tool(session, "multi_hop_search", {"question": CHAIN_QUESTION}, strategy=Failing(k=3))
     assert session.to_json() == before  # hop 1's documents were not handed out: the agent can still get them
     assert "journal" in [h.id for h in session.search(CHAIN_QUESTION).hits]
+
+
+def test_a_session_refuses_a_query_matrix_the_index_cannot_search(chain):
+    session = SearchSession(chain)
+    dim = chain.encoder.dim
+    for matrix, message in [(torch.zeros(3, dim + 1), f"query_matrix: expected shape (n_tokens, {dim})"),
+                            (torch.zeros(0, dim), "query_matrix: has no token vectors"),
+                            (torch.zeros(2, dim, dtype=torch.int64), "query_matrix: must be floating point"),
+                            (torch.full((2, dim), float("nan")), "query_matrix: contains NaN")]:
+        with pytest.raises(InvalidInputError, match=re.escape(message)):
+            session.search("q", query_matrix=matrix)
+    assert session.trace == []

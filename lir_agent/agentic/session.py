@@ -37,7 +37,7 @@ from pydantic import TypeAdapter, ValidationError
 from ..errors import DocumentNotFoundError, InvalidInputError
 from ..filters import compile_filter
 from ..formatting import CHARS_PER_TOKEN, approximate_tokens
-from ..index import SearchHit, check_k
+from ..index import SearchHit, check_k, check_matrix
 from ..text import check_text
 from .citations import Highlight, best_window, cite
 
@@ -284,7 +284,7 @@ class SearchSession:
         encoding (``query`` then only describes it in the trace and the citations);
         ``rerank`` re-scores the engine's best ``rerank.depth`` new documents from their stored
         token matrices and hands out its best ``k`` with its scores. Raises InvalidInputError
-        for a matrix of the wrong shape.
+        for a matrix that is not (n_tokens >= 1, dim) finite floats (the index's own check).
         """
         query = check_text(query, "query")
         if not query.strip():
@@ -294,11 +294,7 @@ class SearchSession:
             raise InvalidInputError(f"filter: a session takes a JSON filter (a dict), got {type(filter).__name__}")
         _checked("filter", filter, compile_filter)
         if query_matrix is not None:
-            dim = self.index.encoder.dim
-            if not isinstance(query_matrix, torch.Tensor) or query_matrix.ndim != 2 or query_matrix.shape[0] == 0 \
-                    or query_matrix.shape[1] != dim or not query_matrix.is_floating_point():
-                raise InvalidInputError(f"query_matrix: expected a float tensor of shape (n_tokens >= 1, {dim}), got "
-                                        f"{getattr(query_matrix, 'shape', type(query_matrix).__name__)}")
+            query_matrix = check_matrix(query_matrix, self.index.encoder.dim, "query_matrix")
         return self._search("search", query, k, filter, include_seen, set() if include_seen else self.seen,
                             query_matrix, rerank)
 
