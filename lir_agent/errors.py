@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class LIRError(Exception):
     """Base class of every error lir_agent raises on purpose."""
@@ -32,3 +37,8 @@ class IndexCorruptedError(LIRError):
 
 class EncoderMismatchError(LIRError):
     """An index was opened with an encoder whose settings differ from the ones it was built with."""
+
+
+def describe_validation_error(error: "ValidationError") -> str:
+    """Each problem of a pydantic validation error as ``argument.path: message``, joined by "; "."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in error.errors())

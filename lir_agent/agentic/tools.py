@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, describe_validation_error
 from .session import SearchSession
 from .strategies import Strategy, make_strategy
 
@@ -145,8 +145,3 @@ def parse_arguments(name: str, arguments: dict[str, Any]) -> BaseModel:
         return TOOLS[name].args.model_validate(arguments or {})
     except ValidationError as exc:
         raise InvalidInputError(f"invalid arguments for {name}: {describe_validation_error(exc)}") from exc
-
-
-def describe_validation_error(error: ValidationError) -> str:
-    """Each problem of a pydantic validation error as ``argument.path: message``, joined by "; "."""
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'arguments'}: {e['msg']}" for e in error.errors())

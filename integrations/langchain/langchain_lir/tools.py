@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from langchain_lir.retrievers import LIRRetriever
 from lir_agent import LIRError
-from lir_agent.agentic.tools import describe_validation_error
+from lir_agent.errors import describe_validation_error
 from lir_agent.formatting import CHARS_PER_TOKEN, format_passages
 
 

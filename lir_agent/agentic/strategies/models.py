@@ -28,7 +28,7 @@ from typing import Any, Collection, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from ...errors import InvalidInputError
+from ...errors import InvalidInputError, describe_validation_error
 
 NOTE_CHARS = 160  # the most characters of a model's reply or an error a note quotes
 _WHERE = r"(?:in|from|with|given|based on) the (?:evidence|context|documents|passages|information|text)"
@@ -100,8 +100,7 @@ def parse_reply(text: str, schema: type[R]) -> tuple[R | None, str | None]:
     try:
         return schema.model_validate(found), None
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return None, f"the model's JSON does not fit {schema.__name__} ({problems}): {_quote(text)}"
+        return None, f"the model's JSON does not fit {schema.__name__} ({describe_validation_error(exc)}): {_quote(text)}"
 
 
 def structured_unsupported(exc: Exception) -> bool:
