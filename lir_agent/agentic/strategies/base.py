@@ -137,6 +137,24 @@ class Run:
             self.hits.setdefault(hit.id, hit)
         return result
 
+    def hop(self, ranked: Sequence[str], query: str, keep: int, note: str | None = None,
+            **options: Any) -> tuple[list[str], SearchResult, str | None]:
+        """One hop of a chain, fused into ``ranked`` (empty before the first hop): the first hop
+        searches the strategy's ``k`` documents; a later one ``k + keep`` that may include earlier
+        hops' documents (``include_seen``: the evidence-conditioned query re-ranks them), and its
+        documents other than ``ranked[:keep]`` are interleaved after them (:func:`interleave`).
+        Returns the new ranking, the hop's result, and the reason to stop: the session's
+        (:func:`stop_reason`), or novelty when the hop found no document ``ranked`` lacks."""
+        later = bool(self.hops)
+        k = self.strategy.k + keep if later else self.strategy.k
+        result = self.search(query, k, note, include_seen=later, **options)
+        top = set(ranked[:keep])
+        found = [h.id for h in result.hits if h.id not in top]
+        stopped = stop_reason(result)
+        if stopped is None and not set(found) - set(ranked):
+            stopped = f"{STOP_NOVELTY}: hop {result.hop} found no document the earlier hops had not"
+        return interleave(ranked, found, keep), result, stopped
+
     def result(self, ranked_ids: Sequence[str], stopped: str, answer: str | None = None) -> MultiHopResult:
         """The result with the documents in ``ranked_ids`` order (each once, at most k), leaving out
         those the session had returned before this run."""
@@ -165,19 +183,6 @@ def interleave(first: Sequence[str], later: Sequence[str], keep: int) -> list[st
     for i in range(max(len(later), len(rest))):
         fused += later[i : i + 1] + rest[i : i + 1]
     return list(dict.fromkeys(fused))
-
-
-def chain_hop(ranked: Sequence[str], result: SearchResult, keep: int) -> tuple[list[str], str | None]:
-    """``ranked`` after a hop that may return earlier documents (``include_seen``): the hop's
-    documents other than ``ranked[:keep]`` interleaved after them (:func:`interleave`), and the
-    reason to stop: the session's (:func:`stop_reason`), or novelty when the hop found no
-    document ``ranked`` lacks. For a first hop, ``ranked`` is empty."""
-    top = set(ranked[:keep])
-    later = [h.id for h in result.hits if h.id not in top]
-    stopped = stop_reason(result)
-    if stopped is None and not set(later) - set(ranked):
-        stopped = f"{STOP_NOVELTY}: hop {result.hop} found no document the earlier hops had not"
-    return interleave(ranked, later, keep), stopped
 
 
 def reciprocal_rank_fusion(rankings: Sequence[Sequence[str]], k: int = 60) -> list[str]:

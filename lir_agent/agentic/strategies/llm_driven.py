@@ -19,7 +19,7 @@ search next. The model is any LangChain chat model, LlamaIndex LLM or ``str -> s
   query matrix stacked from both encodings (late interaction's own way to fuse).
 
 The hop-by-hop strategies fuse like the LLM-free chained ones
-(:func:`~lir_agent.agentic.strategies.base.chain_hop`): later hops may return earlier documents,
+(:meth:`~lir_agent.agentic.strategies.base.Run.hop`): later hops may return earlier documents,
 the first hop's ``keep`` best stay on top. They stop on the session's budget (checked before the
 model is asked for the next search), on a hop with nothing new, on the model's answer, or after
 ``max_hops`` searches. A model's malformed output never raises: a note goes into
@@ -42,7 +42,7 @@ from ...corpus import read_jsonl
 from ...errors import InvalidInputError
 from ..session import SearchSession, SessionHit, _spent
 from .base import (STOP_BAD_OUTPUT, STOP_BUDGET, STOP_DONE, STOP_MAX_HOPS, STOP_MODEL, MultiHopResult, Run,
-                   Strategy, chain_hop, check_count, reciprocal_rank_fusion, stop_reason,
+                   Strategy, check_count, reciprocal_rank_fusion, stop_reason,
                    sentences as sentence_spans)
 from .llm_free import condensed_context
 from .models import ChatModel, Reply, nothing_to_none
@@ -96,7 +96,7 @@ def _budget_spent(session: SearchSession) -> str | None:
 
 class _Hops(Strategy):
     """Searches hop by hop: the first hop ``k`` documents, later ones ``k + keep`` with earlier
-    documents allowed, fused by :func:`~.base.chain_hop`; a model reads each hop's
+    documents allowed, fused by :meth:`~.base.Run.hop`; a model reads each hop's
     ``context_docs`` best documents, ``sentences`` sentences each (None: no model reads them).
     Raises InvalidInputError for a count below 1."""
 
@@ -123,9 +123,7 @@ class _Hops(Strategy):
              note: str | None = None) -> tuple[list[str], list[SessionHit], str | None]:
         """Searches ``query``: (the fused ranking, the hop's ``context_docs`` best documents, a
         reason to stop or None)."""
-        later = bool(run.hops)
-        result = run.search(query, self.k + self.keep if later else self.k, note=note, include_seen=later)
-        ranked, stopped = chain_hop(ranked, result, self.keep)
+        ranked, result, stopped = run.hop(ranked, query, self.keep, note)
         return ranked, result.hits[: self.context_docs], stopped
 
 

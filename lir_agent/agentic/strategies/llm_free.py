@@ -29,7 +29,7 @@ import torch
 from ...errors import InvalidInputError
 from ...kmeans import kmeans
 from ..session import SearchSession, SessionHit
-from .base import (STOP_DONE, STOP_MAX_HOPS, STOP_NOVELTY, MultiHopResult, Run, Strategy, chain_hop, check_count,
+from .base import (STOP_DONE, STOP_MAX_HOPS, STOP_NOVELTY, MultiHopResult, Run, Strategy, check_count,
                    interleave, matched_sentences, stop_reason)
 
 
@@ -89,23 +89,21 @@ class _Chained(Strategy):
         self.min_relative = min_relative
 
     def next_query(self, question: str, previous: Sequence[SessionHit], session: SearchSession) -> dict[str, Any]:
-        """Keyword arguments of the next ``Run.search``: query, note, and query_matrix/rerank."""
+        """Keyword arguments of the next :meth:`Run.hop`: query, note, and query_matrix/rerank."""
         raise NotImplementedError
 
     def run(self, question: str, session: SearchSession) -> MultiHopResult:
         run = Run(self, question, session)
-        first = run.search(question, self.k)
-        stopped = stop_reason(first)
-        ranked, previous = [h.id for h in first.hits], first.hits
+        ranked, first, stopped = run.hop([], question, self.keep)
+        previous = first.hits
         while stopped is None:
             if len(run.hops) >= self.hops:
                 stopped = f"{STOP_MAX_HOPS}: {self.hops} hops"
                 break
-            result = run.search(k=self.k + self.keep, include_seen=True,
-                                **self.next_query(question, previous[: self.context_docs], session))
             top = set(ranked[: self.keep])
+            ranked, result, stopped = run.hop(ranked, keep=self.keep,
+                                              **self.next_query(question, previous[: self.context_docs], session))
             previous = [h for h in result.hits if h.id not in top]
-            ranked, stopped = chain_hop(ranked, result, self.keep)
             if stopped is None and result.relative_best is not None and result.relative_best < self.min_relative:
                 stopped = (f"{STOP_NOVELTY}: hop {result.hop}'s best score per query token is "
                            f"{result.relative_best:.0%} of the first hop's")
