@@ -30,7 +30,7 @@ import torch
 from engine import CACHE, DATA, RESULTS, build, encoded, stored
 from lir_agent import Index
 from lir_agent.agentic import SearchSession
-from lir_agent.agentic.evaluation import EVAL_DEPTH, StrategyReport, evaluate_strategy
+from lir_agent.agentic.evaluation import EVAL_DEPTH, StrategyReport, evaluate_strategy, strategy_label
 from lir_agent.agentic.strategies import DEFAULT_STRATEGY, make_strategy, oracle_plans
 from lir_agent.eval import BeirDataset, load_beir
 
@@ -86,8 +86,7 @@ def strategy(name: str, plans: dict, llm=None, llamaindex_llm=None):
 
 
 def report(rows: list[dict], set_name: str, index_name: str, name: str, result: StrategyReport) -> None:
-    label = f"default [{DEFAULT_STRATEGY}]" if name == "default" else name
-    result.strategy = label
+    label = result.strategy = strategy_label(name)
     print(f"{set_name:<20}{index_name:<7}{result.line(22)}", flush=True)
     rows.append({"set": set_name, "index": index_name, "strategy": label, "questions": result.questions,
                  **result.metrics, "hops": result.hops, "tokens": result.tokens, "ms": result.ms,

@@ -279,7 +279,7 @@ def cmd_eval_multihop(args: argparse.Namespace) -> None:
     and prints one line of metrics per strategy (:mod:`lir_agent.agentic.evaluation`)."""
     import random
 
-    from .agentic.evaluation import EVAL_DEPTH, evaluate_strategy
+    from .agentic.evaluation import EVAL_DEPTH, evaluate_strategy, strategy_label
     from .agentic.strategies import DEFAULT_STRATEGY, STRATEGIES, make_strategy
     from .agentic.strategies.llm_driven import oracle_plans
 
@@ -306,7 +306,7 @@ def cmd_eval_multihop(args: argparse.Namespace) -> None:
     if args.questions:
         question_ids = sorted(random.Random(args.seed).sample(question_ids, min(args.questions, len(question_ids))))
     index = _cached_eval_index(args, dataset_dir, dataset.corpus)
-    width = max(len(f"default [{DEFAULT_STRATEGY}]"), *(len(n) for n in names)) + 2
+    width = max(len(strategy_label(n)) for n in names + ["default"]) + 2
     for name in names:
         cls = STRATEGIES[DEFAULT_STRATEGY if name == "default" else name]
         if cls.needs_llm and llm is None:
@@ -317,8 +317,7 @@ def cmd_eval_multihop(args: argparse.Namespace) -> None:
             continue
         options = {"plans": plans} if name == "oracle" else {}
         strategy = make_strategy(name, k=EVAL_DEPTH, llm=llm, **options)
-        label = f"default [{strategy.name}]" if name == "default" else name
-        print(evaluate_strategy(index, dataset, strategy, label, question_ids).line(width), flush=True)
+        print(evaluate_strategy(index, dataset, strategy, strategy_label(name), question_ids).line(width), flush=True)
 
 
 def cmd_reshard(args: argparse.Namespace) -> None:

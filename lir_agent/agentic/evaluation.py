@@ -17,11 +17,18 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..eval import BeirDataset, Qrels, ndcg_at_k
 from .session import SearchSession
+from .strategies import DEFAULT_STRATEGY
 from .strategies.base import MultiHopResult, Strategy
 
 RECALL_AT = (2, 5)
 ALL_GOLD_AT = (10, 20)
 EVAL_DEPTH = max(ALL_GOLD_AT)  # documents each strategy returns per question in an evaluation
+
+
+def strategy_label(name: str) -> str:
+    """How a report names the strategy asked for as ``name``: "default" shows the default
+    strategy's own name in brackets (``default [condensed]``)."""
+    return f"default [{DEFAULT_STRATEGY}]" if name == "default" else name
 
 
 def recall_at(ranked: Sequence[str], gold: set[str], k: int) -> float:
