@@ -26,7 +26,7 @@ __version__ = "0.1.0"
 # public name -> the submodule that defines it
 _EXPORTS = {
     "DEFAULT_MODEL": "encoder",
-    "Document": "index",
+    "Document": "docstore",
     "DocumentNotFoundError": "errors",
     "DuplicateIdError": "errors",
     "Encoder": "encoder",
@@ -54,7 +54,8 @@ if TYPE_CHECKING:  # static analysers and IDEs see the eager imports
     from .errors import (DocumentNotFoundError, DuplicateIdError, EncoderMismatchError, IndexCorruptedError,
                          InvalidInputError, LIRError, NotAnIndexError)
     from .filters import Filter
-    from .index import Document, Index, SearchHit
+    from .docstore import Document
+    from .index import Index, SearchHit
     from .maxsim import maxsim_topk
     from .packed import PackedEmbeddings
     from .sharded import ShardedIndex, open_index

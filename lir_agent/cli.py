@@ -73,8 +73,12 @@ def _open_or_create(args: argparse.Namespace, directory: str | Path) -> "Index":
     directory = Path(directory)
     if _is_new(directory):
         return Index.create(directory, encoder=args.encoder, index_type=args.index_type, nbits=args.nbits,
-                            projection_dim=args.projection_dim)
-    return Index.open(directory, encoder=args.encoder)
+                            projection_dim=args.projection_dim,
+                            indexed_fields=getattr(args, "index_field", None) or [])
+    index = Index.open(directory, encoder=args.encoder)
+    if getattr(args, "index_field", None):
+        index.index_fields(args.index_field)
+    return index
 
 
 def _outermost_missing(path: Path) -> Path | None:
@@ -320,6 +324,16 @@ def cmd_eval_multihop(args: argparse.Namespace) -> None:
         print(evaluate_strategy(index, dataset, strategy, strategy_label(name), question_ids).line(width), flush=True)
 
 
+def cmd_upgrade(args: argparse.Namespace) -> None:
+    """``upgrade``: rewrites an index (single or sharded) of an older format into the current one."""
+    from .sharded import open_index
+
+    if open_index(args.index).upgrade():
+        print(f"upgraded {args.index} to the current format")
+    else:
+        print(f"{args.index} is already in the current format")
+
+
 def cmd_reshard(args: argparse.Namespace) -> None:
     """``reshard``: rewrites an index into N shards."""
     from .sharded import reshard
@@ -440,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, help="index directory (created if absent)")
     p.add_argument("--encoder", help="model name or path (default: bundled all-MiniLM-L6-v2)")
     _index_options(p, default_type="auto")
+    p.add_argument("--index-field", action="append", metavar="FIELD",
+                   help="metadata field (dotted path) to index for fast filters; repeatable, also on an existing index")
     p.add_argument("--upsert", action="store_true", help="replace documents whose ids exist")
     p.add_argument("--compact", action="store_true", help="merge segments when done")
     p.add_argument("--batch-size", type=int, default=32)
@@ -492,6 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="where built indexes are kept between runs")
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_eval_multihop)
+
+    p = commands.add_parser("upgrade", help="rewrite an index of an older format into the current one "
+                            "(the first write does it too)")
+    p.add_argument("index")
+    p.set_defaults(func=cmd_upgrade)
 
     p = commands.add_parser("reshard", help="rewrite an index (single or sharded) into N shards")
     p.add_argument("source")

@@ -1,4 +1,4 @@
-"""Metadata filters: a small MongoDB-like language, or any callable.
+"""Metadata filters: a small MongoDB-like language compiled to SQL, or any callable.
 
 A filter is either a callable ``metadata -> bool`` or a dict:
 
@@ -9,11 +9,24 @@ A filter is either a callable ``metadata -> bool`` or a dict:
 
 Dotted field names reach into nested metadata (``"source.year"``). A document without the
 field never matches (except for ``$ne``/``$nin``), so a filter on a field no document has
-returns nothing rather than raising.
+returns nothing rather than raising. Equality is Python's on the stored JSON values (``1 ==
+1.0 == true``); ranges compare numbers with numbers (not booleans) and strings with strings.
+
+A dict filter is compiled to one SQL condition over the ``metadata`` JSON column of the document
+store (:mod:`lir_agent.docstore`) and evaluated inside SQLite: through an index when the field
+is one the index declares (``Index.create(..., indexed_fields=[...])``), else by a scan in the
+database. Two rare cases are evaluated by a Python function that SQLite calls per row
+(``lir_condition``): field names with ``"``, ``\\`` or control characters (SQLite's JSON paths
+cannot name them) and operands SQL cannot compare like Python (lists, dicts, integers beyond
+64 bits). A callable filter, or a dict with a callable inside, is the slow path: it is called
+on every live document's metadata, read from the store.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Union
 
 from .errors import InvalidInputError
@@ -29,8 +42,64 @@ _RANGE = {
     "$lt": lambda a, b: a < b,
     "$lte": lambda a, b: a <= b,
 }
+_RANGE_SQL = {"$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+_OPERATORS = ("$eq", "$ne", "$in", "$nin", *_RANGE)
+_NUMBER_TYPES = "('integer','real','true','false')"  # json_type values Python's == compares as numbers
+_INT64 = (-(2**63), 2**63 - 1)
+CONDITION_FUNCTION = "lir_condition"  # registered on every document-store connection (see python_condition)
 
 
+@dataclass(frozen=True)
+class CompiledFilter:
+    """A checked filter: ``sql`` (a condition over the ``docs`` table, with ``params`` for its
+    ``?`` placeholders) for a dict filter, or ``predicate`` (called on each document's metadata)
+    for one that holds a callable."""
+
+    sql: str | None
+    params: tuple[Any, ...]
+    predicate: Predicate | None
+
+
+def compile_filter(spec: Filter | None) -> CompiledFilter | None:
+    """Checks a filter and compiles it (see the module docstring); None stays None. Errors
+    (InvalidInputError) name what is wrong: an unknown operator, an operand of the wrong kind,
+    a string that is not text (a lone surrogate, named by its path in the filter)."""
+    if spec is None:
+        return None
+    spec = check_json(spec, "filter")
+    predicate = _compile(spec)  # checks every part
+    if _holds_callable(spec):
+        return CompiledFilter(None, (), predicate)
+    params: list[Any] = []
+    return CompiledFilter(_sql(spec, params), tuple(params), None)
+
+
+def python_predicate(spec: Filter) -> Predicate:
+    """The filter as a Python predicate over one metadata dict: the definition of the semantics
+    (the SQL compilation is tested against it)."""
+    return _compile(check_json(spec, "filter"))
+
+
+def field_expressions(field: str) -> tuple[str, str] | None:
+    """The SQL expressions of a dotted field's JSON type and value (``json_type``, ``json_extract``
+    over the metadata column): the two columns of an index on the field, in that order, so that
+    a condition on both (every condition the compiler writes) is answered from the index alone.
+    None for a field SQLite's JSON paths cannot name."""
+    path = _json_path(field)
+    return None if path is None else (f"json_type(metadata, {path})", f"json_extract(metadata, {path})")
+
+
+@functools.lru_cache(maxsize=256)
+def _leaf_predicate(field: str, condition_json: str) -> Predicate:
+    return _field_predicate(field, json.loads(condition_json))
+
+
+def python_condition(metadata_json: str, field: str, condition_json: str) -> int:
+    """``lir_condition(metadata, field, condition)``: one field condition evaluated by Python for SQLite."""
+    return int(_leaf_predicate(field, condition_json)(json.loads(metadata_json)))
+
+
+# ------------------------------------------------------------------ the Python semantics
 def _lookup(metadata: Mapping[str, Any], field: str) -> Any:
     value: Any = metadata
     for part in field.split("."):
@@ -59,16 +128,13 @@ def _field_predicate(field: str, condition: Any) -> Predicate:
         elif op == "$ne":
             checks.append(lambda m, o=operand: _lookup(m, field) != o)
         elif op in ("$in", "$nin"):
-            if isinstance(operand, (str, bytes)) or not hasattr(operand, "__iter__"):
-                raise InvalidInputError(f"filter on {field!r}: {op} needs a list, got {operand!r}")
-            values = list(operand)
+            values = _listed(field, op, operand)
             if op == "$in":
                 checks.append(lambda m, vs=values: (v := _lookup(m, field)) is not _MISSING and v in vs)
             else:
                 checks.append(lambda m, vs=values: _lookup(m, field) not in vs)
         elif op in _RANGE:
-            if isinstance(operand, bool) or not isinstance(operand, (int, float, str)):
-                raise InvalidInputError(f"filter on {field!r}: {op} needs a number or string, got {operand!r}")
+            _range_operand(field, op, operand)
             compare = _RANGE[op]
             checks.append(
                 lambda m, o=operand, c=compare: _comparable(v := _lookup(m, field), o) and c(v, o)
@@ -80,10 +146,15 @@ def _field_predicate(field: str, condition: Any) -> Predicate:
     return lambda m: all(check(m) for check in checks)
 
 
-def compile_filter(spec: Filter | None) -> Predicate | None:
-    """Turns a filter into a predicate over a document's metadata; None stays None. A string in
-    a dict filter that is not text (a lone surrogate) is refused, naming its path in the filter."""
-    return None if spec is None else _compile(check_json(spec, "filter"))
+def _listed(field: str, op: str, operand: Any) -> list[Any]:
+    if not isinstance(operand, (list, tuple, set, frozenset)):
+        raise InvalidInputError(f"filter on {field!r}: {op} needs a list, got {operand!r}")
+    return list(operand)
+
+
+def _range_operand(field: str, op: str, operand: Any) -> None:
+    if isinstance(operand, bool) or not isinstance(operand, (int, float, str)):
+        raise InvalidInputError(f"filter on {field!r}: {op} needs a number or string, got {operand!r}")
 
 
 def _compile(spec: Any) -> Predicate:
@@ -99,8 +170,69 @@ def _compile(spec: Any) -> Predicate:
             subs = [_compile(v) for v in value]
             combine = all if key == "$and" else any
             parts.append(lambda m, s=subs, c=combine: c(p(m) for p in s))
-        elif key.startswith("$"):
+        elif not isinstance(key, str) or key.startswith("$"):
             raise InvalidInputError(f"filter: unknown operator {key!r} at the top level (use $and or $or)")
         else:
             parts.append(_field_predicate(key, value))
     return lambda m: all(p(m) for p in parts)
+
+
+def _holds_callable(spec: Any) -> bool:
+    if callable(spec):
+        return True
+    return isinstance(spec, Mapping) and any(_holds_callable(v) for key in ("$and", "$or") for v in spec.get(key, ()))
+
+
+# ------------------------------------------------------------------ compilation to SQL
+def _json_path(field: str) -> str | None:
+    """A SQL string literal holding the JSON path of a dotted field (``'$."a"."b"'``), or None
+    when a part holds a character SQLite's quoted path keys cannot hold."""
+    parts = field.split(".")
+    if any('"' in p or "\\" in p or any(ord(c) < 0x20 for c in p) for p in parts):
+        return None
+    path = "$" + "".join(f'."{p}"' for p in parts)
+    return "'" + path.replace("'", "''") + "'"
+
+
+def _sql(spec: Mapping[str, Any], params: list[Any]) -> str:
+    parts = []
+    for key, value in spec.items():
+        if key in ("$and", "$or"):
+            joined = f" {key[1:].upper()} ".join(_sql(v, params) for v in value)
+            parts.append(f"({joined})")
+        else:
+            conditions = value.items() if isinstance(value, Mapping) else [("$eq", value)]
+            parts.extend(_condition_sql(key, op, operand, params) for op, operand in conditions)
+    return "(" + " AND ".join(parts) + ")" if parts else "1"  # {} accepts every document
+
+
+def _sql_scalar(value: Any) -> bool:
+    """Whether SQL compares ``value`` with a stored JSON value exactly as Python would."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _INT64[0] <= value <= _INT64[1]
+    return value is None or isinstance(value, (bool, float, str))
+
+
+def _condition_sql(field: str, op: str, operand: Any, params: list[Any]) -> str:
+    """One field condition; true, or false or NULL (both: no match) when it does not hold."""
+    if op in ("$in", "$nin"):
+        operand = list(operand)
+    if _json_path(field) is None or not all(_sql_scalar(v) for v in (operand if op in ("$in", "$nin") else [operand])):
+        params += [field, json.dumps({op: operand}, ensure_ascii=False)]
+        return f"{CONDITION_FUNCTION}(metadata, ?, ?)"
+    kind, value = field_expressions(field)
+    if op in _RANGE_SQL:
+        params.append(operand)
+        types = "= 'text'" if isinstance(operand, str) else "IN ('integer','real')"
+        return f"({kind} {types} AND {value} {_RANGE_SQL[op]} ?)"
+    values = [operand] if op in ("$eq", "$ne") else list(operand)
+    alternatives = []
+    for group, types in (([v for v in values if isinstance(v, str)], "= 'text'"),
+                         ([v for v in values if v is not None and not isinstance(v, str)], f"IN {_NUMBER_TYPES}")):
+        if group:
+            params.extend(int(v) if isinstance(v, bool) else v for v in group)
+            alternatives.append(f"({kind} {types} AND {value} IN ({','.join('?' * len(group))}))")
+    if any(v is None for v in values):
+        alternatives.append(f"({kind} = 'null')")
+    positive = "(" + " OR ".join(alternatives) + ")" if alternatives else "0"
+    return f"({positive} IS NOT 1)" if op in ("$ne", "$nin") else positive

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import copy
 import fcntl
-import json
 import logging
 import os
 import random
 import shutil
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
@@ -20,6 +19,7 @@ import torch
 
 from . import storage
 from .codec import NBITS, ResidualCodec
+from .docstore import Document, DocumentStore, metadata_json
 from .encoder import Encoder, EncoderSettings
 from .engines import CompressedEngine, ExactEngine
 from .engines.compressed import MAX_SEGMENT_DOCS
@@ -34,7 +34,7 @@ from .errors import (
     NotAnIndexError,
 )
 from .engines.pipeline import Ranked, Round, StaleSearchError, run_search
-from .filters import Filter, compile_filter
+from .filters import Filter, compile_filter, field_expressions
 from .text import check_json, check_text
 MAX_K = 100_000
 MAX_SEGMENTS = 32  # above this many segments a write also compacts
@@ -45,19 +45,9 @@ DRIFT_THRESHOLD = 1.15  # drift ratio above which writes warn, info() flags it, 
 DRIFT_HOLDOUT_SHARE = 0.05  # share of the training sample's documents held out to measure the drift reference
 AUTO_OPTIMIZE_MIN_SHARE = 0.05  # auto_optimize re-trains once this share of the index was added since training
 logger = logging.getLogger(__name__)
+FIND_PREFILTER_IDS = 64  # id lookups of more ids than this ask each segment only for ids whose hash it holds
 CATCH_UP_ATTEMPTS = 3  # a reader catching up retries when a newer commit removed the files it was reading
 IndexType = Literal["auto", "exact", "compressed"]
-
-
-@dataclass
-class Document:
-    """A stored document: its id, the text that was indexed, and JSON metadata."""
-
-    id: str
-    text: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-    truncated_tokens: int = 0  # tokens the encoder cut off the end of the text when it was indexed
-    embedded: bool = False  # stored from caller-given embeddings: a re-train cannot encode its text again
 
 
 @dataclass
@@ -77,7 +67,8 @@ class _Segment:
     entry: dict[str, Any]
     store: Any  # the engine's view of the segment's token arrays (search, payload, vectors)
     lengths: np.ndarray  # tokens per row
-    documents: list[Document]
+    docs: DocumentStore  # ids, texts, metadata (read on demand)
+    id_hashes: np.ndarray  # (num_docs,) uint32 CRC-32 of each row's id, memory-mapped
     deleted: np.ndarray  # bool per row
 
 
@@ -109,7 +100,7 @@ def _as_document(item: Document | Mapping[str, Any], position: int) -> Document:
         doc.metadata.setdefault("title", check_text(title, f"document {doc.id!r} title"))
         doc.text = f"{title}. {doc.text}"
     try:
-        json.dumps(doc.metadata)
+        metadata_json(doc.metadata)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"document {doc.id!r}: metadata is not JSON-serialisable ({exc})") from exc
     return doc
@@ -203,27 +194,62 @@ class _Snapshot:
     manifest: dict[str, Any]
     engine: ExactEngine | CompressedEngine
     segments: tuple[_Segment, ...]
-    where: dict[str, tuple[int, int]]  # live id -> (segment, row)
     stamp: tuple[int, int, int] | None  # identity of the manifest file it was read from (see _manifest_stamp)
 
     @property
     def generation(self) -> int:
         return self.manifest["generation"]
 
+    def __len__(self) -> int:
+        return self.manifest["num_documents"]
+
     def live(self) -> Iterator[tuple[_Segment, int, Document]]:
         for segment in self.segments:
-            for row, doc in enumerate(segment.documents):
+            for row, doc in segment.docs.scan():
                 if not segment.deleted[row]:
                     yield segment, row, doc
+
+    def live_ids(self) -> Iterator[str]:
+        for segment in self.segments:
+            for row, doc_id in segment.docs.ids():
+                if not segment.deleted[row]:
+                    yield doc_id
 
     def live_tokens(self) -> int:
         return sum(int(s.lengths[~s.deleted].sum()) for s in self.segments)
 
+    def find(self, ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """(segment, row) of each of ``ids`` (strings) that is live: an indexed query per segment
+        for the ids it may hold. Past FIND_PREFILTER_IDS ids, a segment is asked only for those
+        whose hash is among its rows' id hashes (a bulk add to a large index then asks about
+        the few colliding ids, not every id in every segment)."""
+        found: dict[str, tuple[int, int]] = {}
+        ids = [i for i in dict.fromkeys(ids) if isinstance(i, str)]
+        hashes = np.fromiter(map(storage.id_hash, ids), np.uint32, len(ids)) if len(ids) > FIND_PREFILTER_IDS else None
+        for s, segment in enumerate(self.segments if ids else ()):
+            asked = ids if hashes is None else [ids[j] for j in np.flatnonzero(np.isin(hashes, segment.id_hashes))]
+            for doc_id, row in segment.docs.rows_of(asked).items() if asked else ():
+                if not segment.deleted[row]:
+                    found[doc_id] = (s, row)
+        return found
+
     def locate(self, doc_id: str) -> tuple[_Segment, int]:
-        if not isinstance(doc_id, str) or doc_id not in self.where:
+        where = self.find([doc_id])
+        if doc_id not in where:
             raise DocumentNotFoundError(f"no document with id {doc_id!r}")
-        s, row = self.where[doc_id]
+        s, row = where[doc_id]
         return self.segments[s], row
+
+    def documents(self, located: Sequence[tuple[int, int]]) -> list[Document]:
+        """The documents at (segment, row) positions, in that order (one query per segment)."""
+        by_segment: dict[int, list[int]] = {}
+        for i, (s, _) in enumerate(located):
+            by_segment.setdefault(s, []).append(i)
+        out: list[Document | None] = [None] * len(located)
+        for s, positions in by_segment.items():
+            for i, doc in zip(positions, self.segments[s].docs.documents([located[i][1] for i in positions])):
+                out[i] = doc
+        return out
 
 
 def _manifest_stamp(path: Path) -> tuple[int, int, int] | None:
@@ -266,7 +292,7 @@ class Index:
     def create(cls, path: str | Path, encoder: Encoder | str | None = None, *, index_type: IndexType = "auto",
                nbits: int = 2, projection_dim: int | None = None, num_centroids: int | None = None,
                codec: ResidualCodec | None = None, exist_ok: bool = False, device: str = "cpu",
-               auto_optimize: bool = False) -> "Index":
+               auto_optimize: bool = False, indexed_fields: Sequence[str] = ()) -> "Index":
         """Creates an empty index at ``path`` (resolved to an absolute path here, once).
         ``encoder``: an Encoder, a model name/path, or the default.
 
@@ -278,8 +304,11 @@ class Index:
         that takes codec drift past DRIFT_THRESHOLD re-trains the codec in the same write (once
         AUTO_OPTIMIZE_MIN_SHARE of the index is new since the last training), which costs
         re-encoding every document's text (see :meth:`optimize`); otherwise such writes warn.
+        ``indexed_fields``: metadata fields (dotted paths) the document store indexes, so that
+        filters on them read the index instead of scanning (more: :meth:`index_fields`).
         """
         path = Path(path).resolve()
+        indexed_fields = check_fields(indexed_fields)
         if (path / storage.MANIFEST).exists():
             if exist_ok:
                 return cls.open(path, encoder=encoder, device=device)
@@ -318,6 +347,7 @@ class Index:
             "next_segment": 1,
             "segments": [],
             "marks_embedded": True,  # records say which came as given embeddings (older indexes: unknown)
+            "indexed_fields": indexed_fields,
         }
         if codec is not None:
             manifest["index_type"], manifest["codec"] = "compressed", _save_codec(path, codec, generation=0)
@@ -365,16 +395,13 @@ class Index:
             deleted = np.zeros(entry["num_docs"], dtype=bool)
             deleted[np.asarray(entry["deleted"], dtype=np.int64)] = True
             segment = loaded.get(entry["name"])
-            if segment is None:
+            if segment is None or segment.entry["files"] != entry["files"]:  # new, or its documents rewritten
                 data = storage.read_segment(self.path, entry)
-                documents = [Document(r["id"], r["text"], r.get("metadata") or {}, r.get("truncated_tokens", 0),
-                                      bool(r.get("embedded"))) for r in data.records]
-                segments.append(_Segment(entry, engine.open(data, self.device), np.diff(data.offsets), documents, deleted))
+                segments.append(_Segment(entry, engine.open(data, self.device), np.diff(data.offsets), data.docs,
+                                         data.arrays["id_hash"], deleted))
             else:
                 segments.append(replace(segment, entry=entry, deleted=deleted))
-        where = {doc.id: (s, row) for s, segment in enumerate(segments)
-                 for row, doc in enumerate(segment.documents) if not segment.deleted[row]}
-        return _Snapshot(manifest, engine, tuple(segments), where, stamp)
+        return _Snapshot(manifest, engine, tuple(segments), stamp)
 
     def _snapshot(self) -> _Snapshot:
         """The current snapshot, after catching up with a generation another process committed
@@ -430,6 +457,11 @@ class Index:
         return self._snapshot().manifest["index_type"]
 
     @property
+    def indexed_fields(self) -> list[str]:
+        """Metadata fields the document store indexes (see :meth:`index_fields`)."""
+        return list(self._snapshot().manifest.get("indexed_fields", []))
+
+    @property
     def codec(self) -> ResidualCodec | None:
         """The codec of a compressed index (None for an exact one)."""
         engine = self._snapshot().engine
@@ -437,27 +469,28 @@ class Index:
 
     # ---------------------------------------------------------------- reading
     def __len__(self) -> int:
-        return len(self._snapshot().where)
+        return len(self._snapshot())
 
     def count(self, filter: Filter | None = None) -> int:
-        """Number of live documents, optionally only those matching ``filter``."""
-        predicate = compile_filter(filter)
+        """Number of live documents, optionally only those matching ``filter`` (counted in the
+        document store: see :mod:`lir_agent.filters`)."""
+        compiled = compile_filter(filter)
         state = self._snapshot()
-        if predicate is None:
-            return len(state.where)
-        return sum(1 for _, _, doc in state.live() if predicate(doc.metadata))
+        if compiled is None:
+            return len(state)
+        return sum(int((segment.docs.matching(compiled) & ~segment.deleted).sum()) for segment in state.segments)
 
     def __contains__(self, doc_id: object) -> bool:
-        return doc_id in self._snapshot().where
+        return isinstance(doc_id, str) and bool(self._snapshot().find([doc_id]))
 
     def ids(self) -> Iterator[str]:
-        return iter(list(self._snapshot().where))
+        """The live ids (segment order), listed from the snapshot of the call."""
+        return iter(self.id_list())
 
     def get(self, doc_id: str) -> Document:
         """The stored document; DocumentNotFoundError if the id is unknown."""
         segment, row = self._snapshot().locate(doc_id)
-        doc = segment.documents[row]
-        return replace(doc, metadata=dict(doc.metadata))
+        return segment.docs.documents([row])[0]
 
     def get_embeddings(self, doc_id: str) -> torch.Tensor:
         """The (n_tokens, d) float16 token matrix of a document (decompressed in a compressed index,
@@ -467,11 +500,12 @@ class Index:
 
     def existing(self, ids: Iterable[str]) -> list[str]:
         """Those of ``ids`` the index holds."""
-        where = self._snapshot().where
-        return [i for i in ids if i in where]
+        ids = list(ids)
+        where = self._snapshot().find(ids)
+        return [i for i in ids if isinstance(i, str) and i in where]
 
     def id_list(self) -> list[str]:
-        return list(self._snapshot().where)
+        return list(self._snapshot().live_ids())
 
     @property
     def generation(self) -> int:
@@ -549,17 +583,15 @@ class Index:
         stores = [segment.store for segment in state.segments]
         engine = state.engine
         if stage in ("exact", "probe"):
-            predicate = compile_filter(filter)
+            compiled = compile_filter(filter)
             masks = []
             for segment in state.segments:
                 eligible = ~segment.deleted
-                if predicate is not None:
-                    eligible &= np.fromiter((predicate(d.metadata) for d in segment.documents), bool, len(segment.documents))
+                if compiled is not None:
+                    eligible &= segment.docs.matching(compiled)
                 masks.append(eligible)
-            for doc_id in exclude_ids:
-                if doc_id in state.where:
-                    s, row = state.where[doc_id]
-                    masks[s][row] = False
+            for s, row in state.find(exclude_ids).values():
+                masks[s][row] = False
             masks = [None if eligible.all() else eligible for eligible in masks]
             if stage == "exact":
                 return _with_documents(state, Round(state.generation, engine.exact_round(stores, masks, prepared, k)))
@@ -600,7 +632,7 @@ class Index:
         docs = as_documents(documents)
         if not docs:
             return []
-        if not upsert:
+        if not upsert and embeddings is None:
             _check_new(self._snapshot(), docs)  # before the encoding work
         matrices, truncated = document_matrices(docs, embeddings, self.dim, lambda: self.encoder, batch_size,
                                                 show_progress)
@@ -614,7 +646,7 @@ class Index:
             state = self._state
             if not upsert:
                 _check_new(state, docs)  # again: another writer may have added them meanwhile
-            _delete_rows(manifest, [state.where[d.id] for d in docs if d.id in state.where])
+            _delete_rows(manifest, state.find([d.id for d in docs]).values())
             compress = manifest["compress"]
             new_tokens = sum(int(m.shape[0]) for m in matrices)
             if manifest["index_type"] == "exact" and compress and state.live_tokens() + new_tokens >= compress["min_tokens"]:
@@ -644,14 +676,14 @@ class Index:
             ids = [ids]
         ids = list(dict.fromkeys(ids))
         with self._writing() as manifest:
-            state = self._state
-            missing = [i for i in ids if i not in state.where]
+            where = self._state.find(ids)
+            missing = [i for i in ids if i not in where]
             if missing and not missing_ok:
                 raise DocumentNotFoundError(f"{len(missing)} unknown id(s), e.g. {missing[0]!r}; nothing was deleted")
-            present = [state.where[i] for i in ids if i in state.where]
+            present = list(where.values())
             if present:
                 _delete_rows(manifest, present)
-                self._commit(manifest, [], state.engine)
+                self._commit(manifest, [], self._state.engine)
         return len(present)
 
     def copy_from(self, source: "Index", ids: Sequence[str]) -> int:
@@ -665,13 +697,18 @@ class Index:
                     manifest["index_type"] == "compressed" and not origin.engine.codec.same_as(state.engine.codec)):
                 raise InvalidInputError(f"{source.path} and {self.path} do not store vectors the same way "
                                         "(index type or codec differ)")
-            located = [origin.locate(i) for i in dict.fromkeys(ids)]
-            docs = [segment.documents[row] for segment, row in located]
+            ids = list(dict.fromkeys(ids))
+            where = origin.find(ids)
+            missing = [i for i in ids if i not in where]
+            if missing:
+                raise DocumentNotFoundError(f"no document with id {missing[0]!r} in {source.path}")
+            located = [where[i] for i in ids]
+            docs = origin.documents(located)
             if not origin.manifest.get("marks_embedded"):  # an older source cannot say which came as embeddings
                 docs = [replace(doc, embedded=True) for doc in docs]
-            _delete_rows(manifest, [state.where[d.id] for d in docs if d.id in state.where])
-            payloads = (segment.store.payload(row) for segment, row in located)
-            lengths = [int(segment.lengths[row]) for segment, row in located]
+            _delete_rows(manifest, state.find(ids).values())
+            payloads = (origin.segments[s].store.payload(row) for s, row in located)
+            lengths = [int(origin.segments[s].lengths[row]) for s, row in located]
             self._commit(manifest, self._write_rows(manifest, docs, lengths, payloads, state.engine), state.engine)
         return len(docs)
 
@@ -718,37 +755,78 @@ class Index:
             try:
                 self._catch_up()
                 storage.remove_unreferenced(self.path, self._state.manifest)  # debris of a killed writer
+                if self._state.manifest["format_version"] < storage.FORMAT_VERSION:
+                    self._upgrade_locked()
                 yield copy.deepcopy(self._state.manifest)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def _write_rows(self, manifest: dict[str, Any], docs: Sequence[Document], lengths: Sequence[int],
+    def upgrade(self) -> bool:
+        """Rewrites an index of an older format (documents in JSON lines) into the current one,
+        atomically; returns whether there was anything to do. The first write to an older index
+        does the same (``lir-agent upgrade PATH`` calls this)."""
+        with self._lock:
+            self._catch_up()
+            if self._state.manifest["format_version"] >= storage.FORMAT_VERSION:
+                return False
+        with self._writing():
+            return True
+
+    def _upgrade_locked(self) -> None:
+        manifest = copy.deepcopy(self._state.manifest)
+        self._rewrite_documents(manifest, [s for s, entry in enumerate(manifest["segments"]) if "docs" not in entry])
+        manifest["format_version"] = storage.FORMAT_VERSION
+        manifest.setdefault("indexed_fields", [])
+        self._commit(manifest, [], self._state.engine)
+
+    def index_fields(self, fields: Sequence[str]) -> list[str]:
+        """Adds indexes on metadata ``fields`` (dotted paths) to the document store, so that
+        filters on them read an index instead of scanning; returns every indexed field. Rewrites
+        each segment's document store (not its vectors), atomically."""
+        fields = check_fields(fields)
+        with self._writing() as manifest:
+            new = [f for f in fields if f not in manifest["indexed_fields"]]
+            if new:
+                manifest["indexed_fields"] = sorted(manifest["indexed_fields"] + new)
+                self._rewrite_documents(manifest, range(len(manifest["segments"])))
+                self._commit(manifest, [], self._state.engine)
+            return list(manifest["indexed_fields"])
+
+    def _rewrite_documents(self, manifest: dict[str, Any], segments: Iterable[int]) -> None:
+        """Writes the document stores of ``segments`` (positions in ``manifest``) anew, with the
+        manifest's indexed fields; their entries in ``manifest`` name the new files."""
+        state = self._state
+        for s in segments:
+            segment = state.segments[s]
+            manifest["segments"][s] = {**storage.rewrite_documents(
+                self.path, segment.entry, segment.docs, segment.docs.id_hashes(), manifest.get("indexed_fields", []),
+                manifest["generation"] + 1), "deleted": manifest["segments"][s]["deleted"]}
+
+    def _write_rows(self, manifest: dict[str, Any], docs: Iterable[Document], lengths: Sequence[int],
                     payloads: Iterator[dict[str, np.ndarray]], engine: ExactEngine | CompressedEngine) -> list[dict[str, Any]]:
         """Writes documents (with their token counts and engine payloads, consumed in order) as
         new segments of at most MAX_SEGMENT_DOCS documents each; returns their manifest entries."""
         entries = []
-        for start in range(0, len(docs), MAX_SEGMENT_DOCS):
-            batch = range(start, min(start + MAX_SEGMENT_DOCS, len(docs)))
+        docs = iter(docs)
+        for start in range(0, len(lengths), MAX_SEGMENT_DOCS):
+            batch = range(start, min(start + MAX_SEGMENT_DOCS, len(lengths)))
             name = f"seg-{manifest['next_segment']:06d}"
             manifest["next_segment"] += 1
-            writer = storage.SegmentWriter(self.path, name, sum(lengths[i] for i in batch), engine.schema())
-            for i in batch:
-                doc = docs[i]
-                record = {"id": doc.id, "text": doc.text, "metadata": doc.metadata}
-                if doc.truncated_tokens:
-                    record["truncated_tokens"] = doc.truncated_tokens
-                if doc.embedded:
-                    record["embedded"] = True
-                writer.append(record, next(payloads))
+            writer = storage.SegmentWriter(self.path, name, sum(lengths[i] for i in batch), engine.schema(),
+                                           manifest.get("indexed_fields", []))
+            for _ in batch:
+                writer.append(next(docs), next(payloads))
             entries.append(writer.finish(engine.derived))
         return entries
 
     def _commit(self, manifest: dict[str, Any], new_entries: list[dict[str, Any]],
                 engine: ExactEngine | CompressedEngine) -> None:
-        """Publishes the new manifest, then swaps in its snapshot."""
+        """Publishes the new manifest, then swaps in its snapshot. Past MAX_SEGMENTS segments,
+        the small ones (under half of MAX_SEGMENT_DOCS live documents) are merged first."""
         manifest["segments"].extend(new_entries)
-        if len(manifest["segments"]) > MAX_SEGMENTS:
-            self._compact_locked(manifest, engine)
+        small = [s for s, e in enumerate(manifest["segments"]) if e["num_docs"] - len(e["deleted"]) < MAX_SEGMENT_DOCS // 2]
+        if len(manifest["segments"]) > MAX_SEGMENTS and len(small) > 1:
+            self._compact_locked(manifest, engine, small)
             return
         manifest["num_documents"] = sum(e["num_docs"] - len(e["deleted"]) for e in manifest["segments"])
         manifest["generation"] += 1
@@ -757,13 +835,19 @@ class Index:
         self._state = state
         storage.remove_unreferenced(self.path, manifest)  # replaced segments and codecs
 
-    def _compact_locked(self, manifest: dict[str, Any], engine: ExactEngine | CompressedEngine) -> None:
+    def _compact_locked(self, manifest: dict[str, Any], engine: ExactEngine | CompressedEngine,
+                        segments: Sequence[int] | None = None) -> None:
+        """Rewrites the live documents of ``segments`` (positions in ``manifest``; default all)
+        into as few new segments as possible, streaming documents from their stores."""
         pending = self._build(manifest, engine, None)  # not installed: it shows pending deletions
-        live = list(pending.live())
-        payloads = (segment.store.payload(row) for segment, row, _ in live)
-        lengths = [int(segment.lengths[row]) for segment, row, _ in live]
-        manifest["segments"] = []
-        self._commit(manifest, self._write_rows(manifest, [doc for _, _, doc in live], lengths, payloads, engine), engine)
+        chosen = range(len(pending.segments)) if segments is None else segments
+        rows = [(pending.segments[s], np.flatnonzero(~pending.segments[s].deleted)) for s in chosen]
+        lengths = [int(n) for segment, live in rows for n in segment.lengths[live]]
+        docs = (doc for segment, live in rows for row, doc in segment.docs.scan() if not segment.deleted[row])
+        payloads = (segment.store.payload(int(row)) for segment, live in rows for row in live)
+        chosen = set(chosen)
+        manifest["segments"] = [e for s, e in enumerate(manifest["segments"]) if s not in chosen]
+        self._commit(manifest, self._write_rows(manifest, docs, lengths, payloads, engine), engine)
 
     def _rewrite_locked(self, manifest: dict[str, Any],
                         extra: tuple[list[Document], list[torch.Tensor]] | None = None,
@@ -826,7 +910,7 @@ class Index:
         info = {
             "path": str(self.path),
             "index_type": state.manifest["index_type"],
-            "documents": len(state.where),
+            "documents": len(state),
             "tokens": live_tokens,
             "dim": self.dim,
             "segments": len(state.segments),
@@ -842,16 +926,18 @@ class Index:
                              "projected": codec.projection is not None,
                              "token_bytes_per_token": codec.bytes_per_token, "drift": _drift(state),
                              "drift_warning": _drift_warning(_drift(state)),
-                             "embedded_documents": sum(doc.embedded for _, _, doc in state.live())
+                             "embedded_documents": len(_flagged(state, "embedded"))
                              if state.manifest.get("marks_embedded") else None}
         elif state.manifest["compress"]:
             info["compresses_at_tokens"] = state.manifest["compress"]["min_tokens"]
         return info
 
     def verify(self) -> None:
-        """Hashes every file against the manifest; raises IndexCorruptedError naming a bad file."""
+        """Hashes every file against the manifest and runs SQLite's integrity check on each
+        document store; raises IndexCorruptedError naming a bad file."""
         for segment in self._snapshot().segments:
             storage.verify_segment_files(self.path, segment.entry)
+            segment.docs.check()
 
 
 def hit_of(doc: Document, score: float, rank: int) -> SearchHit:
@@ -866,21 +952,31 @@ def _with_documents(state: _Snapshot, round_: Round) -> Round:
 
 
 def _attach_documents(state: _Snapshot, ranked: Ranked, positions: Iterable[int]) -> None:
-    """Sets ``ranked.documents``: the documents of the entries at ``positions``, None elsewhere."""
+    """Sets ``ranked.documents``: the documents of the entries at ``positions`` (read from the
+    document store), None elsewhere."""
+    positions = list(positions)
     ranked.documents = [None] * len(ranked)
-    for i in positions:
-        ranked.documents[i] = state.segments[ranked.segments[i]].documents[ranked.rows[i]]
+    found = state.documents([(int(ranked.segments[i]), int(ranked.rows[i])) for i in positions])
+    for i, doc in zip(positions, found):
+        ranked.documents[i] = doc
 
 
 def _check_new(state: _Snapshot, docs: Sequence[Document]) -> None:
-    existing = [d.id for d in docs if d.id in state.where]
+    where = state.find([d.id for d in docs])
+    existing = [d.id for d in docs if d.id in where]
     if existing:
         raise DuplicateIdError(f"{len(existing)} id(s) already in the index, e.g. {existing[0]!r} (use upsert to replace)")
 
 
+def _flagged(state: _Snapshot, column: str) -> list[int]:
+    """The values of ``column`` (truncated_tokens, embedded) of the live documents where it is not 0."""
+    return [value for segment in state.segments for row, value in segment.docs.flagged(column)
+            if not segment.deleted[row]]
+
+
 def _truncation(state: _Snapshot, document_length: int) -> dict[str, int]:
     """Live documents the encoder cut at ``document_length`` tokens, and the tokens cut."""
-    cut = [doc.truncated_tokens for _, _, doc in state.live() if doc.truncated_tokens]
+    cut = _flagged(state, "truncated_tokens")
     return {"documents": len(cut), "tokens": sum(cut), "document_length": document_length}
 
 
@@ -1022,6 +1118,20 @@ def check_exclude_ids(exclude_ids: Iterable[str] | None) -> tuple[str, ...]:
     if bad is not None:
         raise InvalidInputError(f"exclude_ids holds {bad!r}, not a string id")
     return ids
+
+
+def check_fields(fields: Sequence[str]) -> list[str]:
+    """Metadata fields to index (dotted paths), sorted and unique, or a clear error."""
+    if isinstance(fields, str) or not isinstance(fields, (list, tuple, set, frozenset)):
+        raise InvalidInputError(f"indexed_fields takes a list of field names, got {fields!r}")
+    for name in fields:
+        if not isinstance(name, str) or not name or name.startswith("$"):
+            raise InvalidInputError(f"indexed_fields: {name!r} is not a field name")
+        check_text(name, "indexed field")
+        if field_expressions(name) is None:
+            raise InvalidInputError(f"indexed_fields: {name!r} holds a character SQLite's JSON paths cannot name "
+                                    "(a double quote, a backslash or a control character); filters on it still work")
+    return sorted(set(fields))
 
 
 def check_k(k: Any) -> int:

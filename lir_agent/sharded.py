@@ -34,7 +34,7 @@ from .engines import CompressedEngine, ExactEngine
 from .engines.pipeline import Ranked, Round, StaleSearchError, run_search
 from .errors import DocumentNotFoundError, DuplicateIdError, IndexCorruptedError, InvalidInputError, NotAnIndexError
 from .filters import Filter, compile_filter
-from .index import (Document, Index, as_documents, check_encoder, check_exclude_ids, check_k,
+from .index import (Document, Index, as_documents, check_encoder, check_fields, check_exclude_ids, check_k,
                     document_matrices, hit_of, query_matrices)
 
 SHARDS_FILE = "shards.json"
@@ -79,12 +79,15 @@ def read_layout(path: Path) -> dict[str, Any]:
 
 
 def create_shards(path: str | Path, num_shards: int, encoder: Encoder | str | None = None, *,
-                  index_type: str = "exact", codec: ResidualCodec | None = None) -> list[Path]:
+                  index_type: str = "exact", codec: ResidualCodec | None = None,
+                  indexed_fields: Sequence[str] = ()) -> list[Path]:
     """Creates an empty sharded index directory; returns the shard paths.
 
     ``index_type`` "exact", or "compressed" with ``codec``: the shards of a compressed index
     share one codec (train it on a sample of the corpus: ``ResidualCodec.fit(vectors, nbits=2)``).
+    ``indexed_fields``: metadata fields every shard's document store indexes (see :meth:`Index.create`).
     """
+    indexed_fields = check_fields(indexed_fields)
     path = Path(path).resolve()
     if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
         raise InvalidInputError(f"num_shards must be a positive integer, got {num_shards!r}")
@@ -99,7 +102,8 @@ def create_shards(path: str | Path, num_shards: int, encoder: Encoder | str | No
     encoder = encoder if isinstance(encoder, Encoder) else Encoder.from_pretrained(encoder or "default")
     names = [f"shard-{i:05d}" for i in range(num_shards)]
     for name in names:
-        Index.create(path / name, encoder, index_type="exact" if codec is None else "compressed", codec=codec)
+        Index.create(path / name, encoder, index_type="exact" if codec is None else "compressed", codec=codec,
+                     indexed_fields=indexed_fields)
     layout = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "num_shards": num_shards,
               "shards": names, "router": "blake2b-64 modulo num_shards", "index_type": index_type}
     storage.write_json_atomic(path / SHARDS_FILE, layout)  # written last: the commit point
@@ -157,10 +161,11 @@ class ShardedIndex:
 
     @classmethod
     def create(cls, path: str | Path, num_shards: int, encoder: Encoder | str | None = None, *,
-               index_type: str = "exact", codec: ResidualCodec | None = None) -> "ShardedIndex":
+               index_type: str = "exact", codec: ResidualCodec | None = None,
+               indexed_fields: Sequence[str] = ()) -> "ShardedIndex":
         """Creates an empty sharded index (see :func:`create_shards`) and opens it in this process."""
         encoder = encoder if isinstance(encoder, Encoder) else Encoder.from_pretrained(encoder or "default")
-        create_shards(path, num_shards, encoder, index_type=index_type, codec=codec)
+        create_shards(path, num_shards, encoder, index_type=index_type, codec=codec, indexed_fields=indexed_fields)
         return cls.open(path, encoder)
 
     @classmethod
@@ -337,6 +342,15 @@ class ShardedIndex:
         for shard in range(self.num_shards):
             self.shards.call(shard, "compact")
 
+    def index_fields(self, fields: Sequence[str]) -> list[str]:
+        """Adds metadata field indexes to every shard (see :meth:`Index.index_fields`)."""
+        fields = check_fields(fields)
+        return [self.shards.call(shard, "index_fields", fields) for shard in range(self.num_shards)][-1]
+
+    def upgrade(self) -> bool:
+        """Upgrades every shard written in an older format (see :meth:`Index.upgrade`)."""
+        return any([self.shards.call(shard, "upgrade") for shard in range(self.num_shards)])
+
 
 def shared_settings(path: Path, layout: dict[str, Any]) -> tuple[EncoderSettings, ExactEngine | CompressedEngine]:
     """The encoder settings and search engine every shard shares (checked: one encoder, and
@@ -373,8 +387,8 @@ def reshard(source: str | Path, target: str | Path, num_shards: int, show_progre
     codec = first.codec
     if first.index_type != "exact" and codec is None:
         raise InvalidInputError(f"{source} is not exact or compressed")
-    outputs = [Index.open(p) for p in create_shards(target, num_shards, first.encoder,
-                                                     index_type=first.index_type, codec=codec)]
+    outputs = [Index.open(p) for p in create_shards(target, num_shards, first.encoder, index_type=first.index_type,
+                                                     codec=codec, indexed_fields=first.indexed_fields)]
     total = sum(len(index) for index in inputs)
     with tqdm(total=total, desc="resharding", unit="doc", disable=show_progress is False) as bar:
         for index in inputs:

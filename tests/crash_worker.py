@@ -11,10 +11,13 @@ DOCS_PER_ADD = 40
 
 
 def operations(count: int):
-    """The deterministic write sequence: ("add", docs), ("upsert", docs), ("delete", ids), ("rewrite",)."""
+    """The deterministic write sequence: ("add", docs), ("upsert", docs), ("delete", ids), ("rewrite",),
+    ("index_fields", fields) (rewrites every segment's document store)."""
     ops = []
     for j in range(count):
-        if j % 4 == 3:
+        if j % 11 == 10:
+            ops.append(("index_fields", [f"n{j}"]))
+        elif j % 4 == 3:
             ops.append(("delete", [f"d{j - 1}-{i}" for i in range(0, DOCS_PER_ADD, 3)]))
         elif j % 5 == 4:
             ops.append(("rewrite",))
@@ -32,10 +35,12 @@ def embedding(seed: int) -> torch.Tensor:
 
 def apply(index: Index, op) -> None:
     if op[0] in ("add", "upsert"):
-        docs = [{"id": i, "text": t} for i, t, _ in op[1]]
+        docs = [{"id": i, "text": t, "metadata": {"seed": s}} for i, t, s in op[1]]
         index.add(docs, embeddings=[embedding(s) for _, _, s in op[1]], upsert=op[0] == "upsert")
     elif op[0] == "delete":
         index.delete(op[1], missing_ok=True)
+    elif op[0] == "index_fields":
+        index.index_fields(op[1])
     elif index.index_type == "compressed":
         index.optimize(force=True)  # re-trains the codec and rewrites every segment
     else:

@@ -196,8 +196,8 @@ def test_paths_that_are_not_indexes(tmp_path, encoder):
         Index.open(tmp_path / "other")
 
 
-@pytest.mark.parametrize("damage", ["truncate_tokens", "flip_docs", "truncate_offsets", "garble_manifest",
-                                    "delete_docs", "bad_tokens_header"])
+@pytest.mark.parametrize("damage", ["truncate_tokens", "flip_docs", "flip_docs_page", "truncate_offsets",
+                                    "garble_manifest", "delete_docs", "bad_tokens_header"])
 def test_damaged_files_are_named(tmp_path, encoder, damage):
     index = Index.create(tmp_path / "idx", encoder=encoder)
     docs, matrices = make_docs(20)
@@ -206,10 +206,10 @@ def test_damaged_files_are_named(tmp_path, encoder, damage):
     if damage == "truncate_tokens":
         target = segment / "tokens.npy"
         target.write_bytes(target.read_bytes()[:-100])
-    elif damage == "flip_docs":
-        target = segment / "docs.jsonl"
+    elif damage in ("flip_docs", "flip_docs_page"):  # the SQLite header, or a byte of a page (found by verify)
+        target = segment / "docs.sqlite"
         data = bytearray(target.read_bytes())
-        data[10] ^= 0x20
+        data[10 if damage == "flip_docs" else len(data) - 200] ^= 0x20
         target.write_bytes(bytes(data))
     elif damage == "truncate_offsets":
         target = segment / "offsets.npy"
@@ -218,7 +218,7 @@ def test_damaged_files_are_named(tmp_path, encoder, damage):
         target = tmp_path / "idx" / "manifest.json"
         target.write_text(target.read_text()[:-40])
     elif damage == "delete_docs":
-        target = segment / "docs.jsonl"
+        target = segment / "docs.sqlite"
         target.unlink()
     else:
         target = segment / "tokens.npy"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import ray
@@ -41,11 +41,13 @@ class EncoderActor:
 def build_sharded(documents: Iterable[Any], path: str | Path, num_shards: int, *, model: str | None = None,
                   index_type: str = "exact", nbits: int = 2, num_encoders: int = 2, encoder_gpus: float = 0.0,
                   encoder_cpus: float = 1.0, batch_docs: int = 256, max_in_flight: int = 4, flush_docs: int = 4096,
-                  codec_sample_docs: int = 2048, total: int | None = None, **index_options: Any) -> dict[str, int]:
+                  codec_sample_docs: int = 2048, total: int | None = None, indexed_fields: Sequence[str] = (),
+                  **index_options: Any) -> dict[str, int]:
     """Encodes ``documents`` (dicts or Documents) with ``num_encoders`` encoder actors and writes
     a new sharded index at ``path`` through shard actors (``index_options`` go to
     :meth:`RayIndex.open`). A compressed index's codec is trained on the first
-    ``codec_sample_docs`` documents. Returns counts."""
+    ``codec_sample_docs`` documents; ``indexed_fields``: metadata fields the shards' document
+    stores index. Returns counts."""
     ensure_ray()
     encoders = [EncoderActor.options(num_cpus=encoder_cpus, num_gpus=encoder_gpus).remote(model)
                 for _ in range(num_encoders)]
@@ -55,7 +57,8 @@ def build_sharded(documents: Iterable[Any], path: str | Path, num_shards: int, *
     if index_type == "compressed":
         vectors = _encode_all(encoders, sample, batch_docs)
         codec = ResidualCodec.fit(torch.cat([torch.from_numpy(v).float() for v in vectors]), nbits=nbits)
-    create_shards(path, num_shards, Encoder.from_pretrained(model or "default"), index_type=index_type, codec=codec)
+    create_shards(path, num_shards, Encoder.from_pretrained(model or "default"), index_type=index_type, codec=codec,
+                  indexed_fields=indexed_fields)
     written = 0
     with RayIndex.open(path, **index_options) as index, \
             tqdm(total=total, desc="building", unit="doc", disable=None) as progress:

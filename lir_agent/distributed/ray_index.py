@@ -174,7 +174,7 @@ class RayShards:
         self.replicas = []
 
 
-WRITES = {"add", "upsert", "delete", "compact", "copy_from"}
+WRITES = {"add", "upsert", "delete", "compact", "copy_from", "index_fields", "upgrade"}
 
 
 class RayIndex(ShardedIndex):

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import zlib
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -109,8 +108,8 @@ class CompressedSegment:
         self.num_docs = len(data.offsets) - 1
         # Approximate scores tie often (they are sums of a few centroid scores); a tiny offset
         # derived from each document's id breaks ties the same way whatever the segmentation.
-        self.tiebreak = torch.tensor([zlib.crc32(r["id"].encode()) for r in data.records],
-                                     dtype=torch.float64).mul_(TIEBREAK_SCALE / 2**32).float().to(device)
+        self.tiebreak = torch.from_numpy(data.arrays["id_hash"].astype(np.float64)).mul_(
+            TIEBREAK_SCALE / 2**32).float().to(device)
 
     # -------------------------------------------------------------- stored data
     def _tokens_of(self, docs: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
