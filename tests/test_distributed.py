@@ -139,15 +139,18 @@ def test_distributed_build_matches_a_local_build(ray_cluster, tmp_path, encoder)
 
     docs = list(read_documents(SAMPLE_CORPUS))[:90]
     counts = build_sharded(iter(docs), tmp_path / "built", 2, num_encoders=2, encoder_cpus=0.2, batch_docs=16,
-                           max_in_flight=2, flush_docs=30, num_cpus_per_shard=ACTOR_CPUS)
+                           max_in_flight=2, flush_docs=30, num_cpus_per_shard=ACTOR_CPUS, indexed_fields=["title"])
     assert counts == {"documents": 90, "written": 90, "num_shards": 2}
     local = Index.create(tmp_path / "local", encoder, index_type="exact")
     local.add(docs)
     built = ShardedIndex.open(tmp_path / "built")
+    title = docs[7]["title"]
     for query in ["Which band released the album?", "a river in Europe", "film directed by"]:
-        expected, got = local.search(query, k=8), built.search(query, k=8)
-        assert [h.id for h in got] == [h.id for h in expected]
-        np.testing.assert_allclose([h.score for h in got], [h.score for h in expected], atol=2e-3)
+        for spec in (None, {"title": title}, {"title": {"$ne": title}}):  # the filters run in the shards' stores
+            expected, got = local.search(query, k=8, filter=spec), built.search(query, k=8, filter=spec)
+            assert [h.id for h in got] == [h.id for h in expected]
+            np.testing.assert_allclose([h.score for h in got], [h.score for h in expected], atol=2e-3)
+    assert all(shard.indexed_fields == ["title"] for shard in built.shards.indexes)
 
 
 def test_ray_index_threads_search_while_another_writes_and_replicas_see_other_writers(ray_cluster, tmp_path, encoder):
