@@ -25,6 +25,8 @@ crash safety (one manifest swap commits segment arrays and documents together).
 from __future__ import annotations
 
 import json
+import logging
+import math
 import sqlite3
 import urllib.parse
 from dataclasses import dataclass, field
@@ -33,12 +35,15 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .errors import IndexCorruptedError, LIRError
+from .errors import IndexCorruptedError, InvalidInputError, LIRError
 from .filters import CONDITION_FUNCTION, CompiledFilter, field_expressions, python_condition
 
 DOCS_FILE = "docs.sqlite"
 INSERT_BATCH = 4096  # rows per executemany while writing
-QUERY_IDS = 4096  # ids per lookup query (bound as one JSON array)
+QUERY_IDS = 4096  # rows per lookup query (bound as one JSON array)
+QUERY_PARAMS = 500  # ids per lookup query (bound one by one: a JSON array would cut an id at a NUL)
+INT64 = (-(2**63), 2**63 - 1)
+logger = logging.getLogger(__name__)
 CACHE_KIB = 256  # page cache of each open database (the OS caches the file too)
 
 
@@ -128,17 +133,24 @@ class DocumentStore:
         return store
 
     @classmethod
-    def in_memory(cls, documents: Iterable[Document], indexed_fields: Sequence[str] = ()) -> "DocumentStore":
-        """A store in memory (for a segment of the older format, whose documents are in JSON lines)."""
+    def in_memory(cls, documents: Iterable[Document], indexed_fields: Sequence[str] = (),
+                  where: str = "an in-memory document store") -> "DocumentStore":
+        """A store in memory (for a segment of the older format, whose documents are in JSON
+        lines). NaN and infinite numbers in their metadata, which that format accepted and JSON
+        cannot hold, become null (logged)."""
         connection = _connect(":memory:")
         connection.execute(_SCHEMA)
-        rows = [(row, d.id, json.dumps(d.metadata, ensure_ascii=False), int(d.truncated_tokens), int(d.embedded), d.text)
-                for row, d in enumerate(documents)]
+        replaced = [0]
+        rows = [(row, d.id, json.dumps(_finite(d.metadata, replaced), ensure_ascii=False, allow_nan=False),
+                 int(d.truncated_tokens), int(d.embedded), d.text) for row, d in enumerate(documents)]
+        if replaced[0]:
+            logger.warning("%s: %d NaN or infinite metadata values read as null (JSON cannot hold them)", where,
+                           replaced[0])
         with connection:
             connection.execute("BEGIN")
             connection.executemany(f"INSERT INTO docs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows)
         create_field_indexes(connection, indexed_fields)
-        return cls(connection, len(rows), "a segment's docs.jsonl")
+        return cls(connection, len(rows), where)
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return list(self._rows(sql, params))
@@ -174,9 +186,9 @@ class DocumentStore:
     def rows_of(self, ids: Sequence[str]) -> dict[str, int]:
         """The row of each of ``ids`` this segment holds (deleted rows included)."""
         found: dict[str, int] = {}
-        for start in range(0, len(ids), QUERY_IDS):
-            chunk = json.dumps(list(ids[start : start + QUERY_IDS]), ensure_ascii=False)
-            found.update(self._query("SELECT id, row FROM docs WHERE id IN (SELECT value FROM json_each(?))", (chunk,)))
+        for start in range(0, len(ids), QUERY_PARAMS):
+            chunk = ids[start : start + QUERY_PARAMS]
+            found.update(self._query(f"SELECT id, row FROM docs WHERE id IN ({','.join('?' * len(chunk))})", chunk))
         return found
 
     def ids(self) -> Iterator[tuple[int, str]]:
@@ -233,6 +245,41 @@ def _document(values: Sequence[Any]) -> Document:
     return Document(doc_id, text, json.loads(metadata), truncated, bool(embedded))
 
 
-def metadata_json(metadata: Mapping[str, Any]) -> str:
-    """The JSON text a document's metadata is stored as (strict JSON: no NaN or infinity)."""
-    return json.dumps(metadata, ensure_ascii=False, allow_nan=False)
+def metadata_json(metadata: Mapping[str, Any], what: str = "metadata") -> str:
+    """The JSON text a document's metadata is stored as, or an InvalidInputError naming what in
+    it the store cannot hold as Python compares it: a value that is not JSON (NaN and infinity
+    included), a string or key with a NUL character, an integer beyond 64 bits (SQLite's JSON
+    functions cut the one and read the other as a float)."""
+    _check_storable(metadata, what)
+    try:
+        return json.dumps(metadata, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{what} is not JSON-serialisable ({exc})") from exc
+
+
+def _check_storable(value: Any, what: str) -> None:
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidInputError(f"{what} holds a NUL character, which the document store cannot compare")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        if not INT64[0] <= value <= INT64[1]:
+            raise InvalidInputError(f"{what} is an integer beyond 64 bits ({value}): store it as a string")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_storable(key, f"{what} key {key!r}")
+            _check_storable(item, f"{what}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_storable(item, f"{what}[{i}]")
+
+
+def _finite(value: Any, replaced: list[int]) -> Any:
+    """``value`` with NaN and infinite floats as None (counted in ``replaced[0]``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        replaced[0] += 1
+        return None
+    if isinstance(value, Mapping):
+        return {k: _finite(v, replaced) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v, replaced) for v in value]
+    return value

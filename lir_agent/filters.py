@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Callable, Iterable, Mapping, Union
 
 from .errors import InvalidInputError
 from .text import check_json
@@ -66,7 +66,7 @@ def compile_filter(spec: Filter | None) -> CompiledFilter | None:
     a string that is not text (a lone surrogate, named by its path in the filter)."""
     if spec is None:
         return None
-    spec = check_json(spec, "filter")
+    spec = _normalized(check_json(spec, "filter"))
     predicate = _compile(spec)  # checks every part
     if _holds_callable(spec):
         return CompiledFilter(None, (), predicate)
@@ -77,7 +77,7 @@ def compile_filter(spec: Filter | None) -> CompiledFilter | None:
 def python_predicate(spec: Filter) -> Predicate:
     """The filter as a Python predicate over one metadata dict: the definition of the semantics
     (the SQL compilation is tested against it)."""
-    return _compile(check_json(spec, "filter"))
+    return _compile(_normalized(check_json(spec, "filter")))
 
 
 def field_expressions(field: str) -> tuple[str, str] | None:
@@ -147,9 +147,43 @@ def _field_predicate(field: str, condition: Any) -> Predicate:
 
 
 def _listed(field: str, op: str, operand: Any) -> list[Any]:
-    if not isinstance(operand, (list, tuple, set, frozenset)):
+    if isinstance(operand, (str, bytes, Mapping)) or not isinstance(operand, Iterable):
         raise InvalidInputError(f"filter on {field!r}: {op} needs a list, got {operand!r}")
-    return list(operand)
+    return [_json_value(field, op, v) for v in operand]
+
+
+def _json_value(field: str, op: str, value: Any) -> Any:
+    """``value`` as a JSON value (numpy scalars and arrays as Python ones), or a clear error."""
+    if hasattr(value, "dtype") and hasattr(value, "tolist"):  # numpy, without importing it (the CLI's start-up)
+        value = value.tolist()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_value(field, op, v) for v in value]
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        return {k: _json_value(field, op, v) for k, v in value.items()}
+    raise InvalidInputError(f"filter on {field!r}: the {op} operand {value!r} is not a JSON value "
+                            "(null, boolean, number, string, list or object)")
+
+
+def _normalized(spec: Any) -> Any:
+    """A dict filter with its operands as JSON values ($in/$nin lists as lists); other filters
+    (callables, and what :func:`_compile` refuses) as they are."""
+    if not isinstance(spec, Mapping):
+        return spec
+    out: dict[str, Any] = {}
+    for key, value in spec.items():
+        if key in ("$and", "$or") and isinstance(value, (list, tuple)):
+            out[key] = [_normalized(v) for v in value]
+        elif not isinstance(key, str) or key.startswith("$"):
+            out[key] = value
+        elif isinstance(value, Mapping):
+            out[key] = {op: _listed(key, op, operand) if op in ("$in", "$nin") else
+                        _json_value(key, op, operand) if op in _OPERATORS else operand
+                        for op, operand in value.items()}
+        else:
+            out[key] = _json_value(key, "$eq", value)
+    return out
 
 
 def _range_operand(field: str, op: str, operand: Any) -> None:

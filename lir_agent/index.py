@@ -99,10 +99,7 @@ def _as_document(item: Document | Mapping[str, Any], position: int) -> Document:
     if isinstance(title, str) and title.strip():
         doc.metadata.setdefault("title", check_text(title, f"document {doc.id!r} title"))
         doc.text = f"{title}. {doc.text}"
-    try:
-        metadata_json(doc.metadata)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"document {doc.id!r}: metadata is not JSON-serialisable ({exc})") from exc
+    metadata_json(doc.metadata, f"document {doc.id!r}: metadata")
     return doc
 
 
@@ -308,10 +305,13 @@ class Index:
         filters on them read the index instead of scanning (more: :meth:`index_fields`).
         """
         path = Path(path).resolve()
-        indexed_fields = check_fields(indexed_fields)
+        indexed_fields = check_fields(indexed_fields)  # before anything: a bad list fails the same way with exist_ok
         if (path / storage.MANIFEST).exists():
             if exist_ok:
-                return cls.open(path, encoder=encoder, device=device)
+                index = cls.open(path, encoder=encoder, device=device)
+                if indexed_fields:
+                    index.index_fields(indexed_fields)
+                return index
             raise InvalidInputError(f"{path} already holds an index (use Index.open, or exist_ok=True)")
         if path.exists() and any(path.iterdir()):
             raise InvalidInputError(f"{path} exists and is not empty; refusing to create an index there")
@@ -364,16 +364,24 @@ class Index:
         if (path / "shards.json").exists():
             raise NotAnIndexError(f"{path} is a sharded index: open it with lir_agent.sharded.ShardedIndex.open "
                                   "or lir_agent.distributed.RayIndex.open")
-        stamp = _manifest_stamp(path)
-        manifest = storage.read_manifest(path)
-        try:
-            settings = EncoderSettings.from_dict(manifest["encoder"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise IndexCorruptedError(f"{path / storage.MANIFEST}: bad encoder settings ({exc})") from exc
-        if encoder is not None:
-            encoder = encoder if isinstance(encoder, Encoder) else Encoder.from_pretrained(encoder)
-            check_encoder(encoder.settings, settings, path)
-        return cls(path, manifest, settings, encoder, device, stamp)
+        attempt = 0
+        while True:
+            stamp = _manifest_stamp(path)
+            manifest = storage.read_manifest(path)
+            try:
+                settings = EncoderSettings.from_dict(manifest["encoder"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise IndexCorruptedError(f"{path / storage.MANIFEST}: bad encoder settings ({exc})") from exc
+            if encoder is not None and not isinstance(encoder, Encoder):
+                encoder = Encoder.from_pretrained(encoder)
+            if encoder is not None:
+                check_encoder(encoder.settings, settings, path)
+            try:
+                return cls(path, manifest, settings, encoder, device, stamp)
+            except (IndexCorruptedError, OSError):  # a commit meanwhile may have removed files it named
+                attempt += 1
+                if attempt == CATCH_UP_ATTEMPTS or _manifest_stamp(path) == stamp:
+                    raise  # really damaged, not just superseded
 
     def _make_engine(self, manifest: dict[str, Any]) -> ExactEngine | CompressedEngine:
         if manifest["index_type"] == "exact":
@@ -919,6 +927,8 @@ class Index:
             "bytes_per_token": round(disk / live_tokens, 2) if live_tokens else None,
             "encoder": self.settings.to_dict(),
             "truncated": _truncation(state, self.settings.document_length),
+            "indexed_fields": state.manifest.get("indexed_fields", []),
+            "format_version": state.manifest["format_version"],
         }
         if isinstance(state.engine, CompressedEngine):
             codec = state.engine.codec

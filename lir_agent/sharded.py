@@ -342,6 +342,11 @@ class ShardedIndex:
         for shard in range(self.num_shards):
             self.shards.call(shard, "compact")
 
+    @property
+    def indexed_fields(self) -> list[str]:
+        """Metadata fields the shards' document stores index (the same in every shard)."""
+        return storage.read_manifest(self.path / self.layout["shards"][0]).get("indexed_fields", [])
+
     def index_fields(self, fields: Sequence[str]) -> list[str]:
         """Adds metadata field indexes to every shard (see :meth:`Index.index_fields`)."""
         fields = check_fields(fields)

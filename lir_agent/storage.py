@@ -210,8 +210,8 @@ def read_segment(root: Path, entry: dict[str, Any]) -> SegmentData:
             with open(directory / LEGACY_DOCS, encoding="utf-8") as f:
                 records = [json.loads(line) for line in f]
             docs = DocumentStore.in_memory(
-                Document(r["id"], r["text"], r.get("metadata") or {}, r.get("truncated_tokens", 0), bool(r.get("embedded")))
-                for r in records)
+                (Document(r["id"], r["text"], r.get("metadata") or {}, r.get("truncated_tokens", 0), bool(r.get("embedded")))
+                 for r in records), where=str(directory / LEGACY_DOCS))
             arrays["id_hash"] = np.asarray([id_hash(r["id"]) for r in records], dtype=np.uint32)
     except (ValueError, OSError, KeyError) as exc:
         raise IndexCorruptedError(f"{directory}: unreadable offsets or documents ({exc})") from exc

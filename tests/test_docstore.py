@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from helpers import DIM, random_matrices
-from lir_agent import Index
+from lir_agent import Index, storage
 from lir_agent import index as index_module
 from lir_agent.docstore import Document, DocumentStore
-from lir_agent.errors import InvalidInputError
+from lir_agent.errors import DuplicateIdError, IndexCorruptedError, InvalidInputError
+from lir_agent.storage import sha256_file
 from lir_agent.filters import compile_filter, python_predicate
 from lir_agent.sharded import ShardedIndex
 
@@ -233,3 +234,88 @@ def test_a_store_is_refused_when_damaged(tmp_path):
     connection.close()
     with pytest.raises(Exception, match="docs.sqlite"):
         DocumentStore.open(path, 3)
+
+
+def test_ids_and_values_are_compared_whole(tmp_path, encoder):
+    """Ids are bound as parameters (a JSON array would cut one at a NUL and find another
+    document); metadata SQLite cannot compare as Python does is refused on add."""
+    index = Index.create(tmp_path / "idx", encoder=encoder, index_type="exact")
+    index.add([{"id": "a\x00zzz", "text": "t"}, {"id": "a", "text": "keep me"}], embeddings=random_matrices(2, DIM, 1))
+    assert "a\x00zzz" in index and "a\x00" not in index and index.get("a\x00zzz").text == "t"
+    with pytest.raises(DuplicateIdError):
+        index.add([{"id": "a\x00zzz", "text": "again"}], embeddings=random_matrices(1, DIM, 2))
+    assert index.delete(["a\x00zzz"]) == 1 and index.get("a").text == "keep me" and len(index) == 1
+    for metadata, message in (({"k": "a\x00b"}, "NUL"), ({"k\x00": 1}, "NUL"), ({"n": [2**64]}, "beyond 64 bits"),
+                              ({"x": float("inf")}, "not JSON"), ({"d": b"x"}, "not JSON")):
+        with pytest.raises(InvalidInputError, match=message):
+            index.add([{"id": "b", "text": "t", "metadata": metadata}], embeddings=random_matrices(1, DIM, 3))
+    assert sorted(index.ids()) == ["a"]
+
+
+def test_filter_operands_are_json_values(tmp_path, encoder):
+    index = Index.create(tmp_path / "idx", encoder=encoder, index_type="exact", indexed_fields=["year"])
+    index.add([{"id": f"d{i}", "text": "t", "metadata": {"year": 2000 + i % 4}} for i in range(20)],
+              embeddings=random_matrices(20, DIM, 4, max_len=3))
+    assert index.count({"year": np.int64(2001)}) == 5
+    assert index.count({"year": {"$in": np.array([2000, 2001])}}) == 10
+    assert index.count({"year": {"$nin": range(2000, 2003)}}) == 5
+    assert index.count({"year": {"$in": {2003: "x"}.keys()}}) == 5
+    assert index.count({"year": {"$gte": np.float32(2002)}}) == 10
+    for bad in ({"year": b"2001"}, {"year": {"$in": [object()]}}, {"year": {"$eq": {1: 2}}}):
+        with pytest.raises(InvalidInputError, match="not a JSON value"):
+            index.count(bad)
+
+
+def test_format_1_metadata_that_json_cannot_hold_is_read_as_null(tmp_path, caplog):
+    """The previous format wrote NaN into docs.jsonl; such values are read as null (logged),
+    so that filters and the upgrade work."""
+    path = tmp_path / "idx"
+    shutil.copytree(FIXTURES / "legacy-v1-exact", path)
+    manifest = json.loads((path / "manifest.json").read_text())
+    entry = manifest["segments"][0]
+    docs_file = path / "segments" / entry["name"] / "docs.jsonl"
+    lines = docs_file.read_text().splitlines()
+    record = json.loads(lines[0])
+    record["metadata"]["n"] = float("nan")
+    lines[0] = json.dumps(record)
+    docs_file.write_text("\n".join(lines) + "\n")
+    entry["files"]["docs.jsonl"] = {"size": docs_file.stat().st_size, "sha256": sha256_file(docs_file)}
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level("WARNING"):
+        index = Index.open(path)
+    assert any("NaN or infinite" in r.getMessage() for r in caplog.records)
+    assert index.get(record["id"]).metadata["n"] is None
+    assert index.count({"n": None}) == 1 and index.count({"n": {"$gte": 0}}) == len(index) - 1
+    assert index.upgrade() and Index.open(path).count({"n": None}) == 1
+    Index.open(path).verify()
+
+
+def test_open_retries_when_a_commit_removes_files_meanwhile(tmp_path, encoder, monkeypatch):
+    index = Index.create(tmp_path / "idx", encoder=encoder, index_type="exact")
+    index.add([{"id": "a", "text": "t"}], embeddings=random_matrices(1, DIM, 5))
+    calls = []
+    original = storage.read_segment
+
+    def superseded(root, entry):  # the first read finds a file gone: another writer committed meanwhile
+        calls.append(entry["name"])
+        if len(calls) == 1:
+            index.add([{"id": "b", "text": "t"}], embeddings=random_matrices(1, DIM, 6))
+            raise IndexCorruptedError(f"{entry['name']} is missing")
+        return original(root, entry)
+
+    monkeypatch.setattr(storage, "read_segment", superseded)
+    reopened = Index.open(tmp_path / "idx")
+    assert sorted(reopened.ids()) == ["a", "b"] and len(calls) >= 2
+    monkeypatch.setattr(storage, "read_segment", lambda root, entry: (_ for _ in ()).throw(
+        IndexCorruptedError("really damaged")))
+    with pytest.raises(IndexCorruptedError, match="really damaged"):  # nothing changed: not retried
+        Index.open(tmp_path / "idx")
+
+
+def test_info_names_the_indexed_fields_and_the_format(tmp_path, encoder):
+    index = Index.create(tmp_path / "idx", encoder=encoder, index_type="exact", indexed_fields=["b", "a"])
+    assert index.info()["indexed_fields"] == ["a", "b"] and index.info()["format_version"] == 2
+    again = Index.create(tmp_path / "idx", encoder=encoder, exist_ok=True, indexed_fields=["c"])
+    assert again.indexed_fields == ["a", "b", "c"]
+    sharded = ShardedIndex.create(tmp_path / "s", 2, encoder, indexed_fields=["x"])
+    assert sharded.indexed_fields == ["x"]
