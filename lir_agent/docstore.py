@@ -96,7 +96,7 @@ class DocumentWriter:
         self.rows = 0
 
     def append(self, doc: Document) -> None:
-        self.pending.append((self.rows, doc.id, metadata_json(doc.metadata),
+        self.pending.append((self.rows, doc.id, json.dumps(doc.metadata, ensure_ascii=False, allow_nan=False),
                              int(doc.truncated_tokens), int(bool(doc.embedded)), doc.text))
         self.rows += 1
         if len(self.pending) >= INSERT_BATCH:
@@ -258,19 +258,21 @@ def metadata_json(metadata: Mapping[str, Any], what: str = "metadata") -> str:
 
 
 def _check_storable(value: Any, what: str) -> None:
+    if value is None or value.__class__ in (bool, float):
+        return
     if isinstance(value, str):
         if "\x00" in value:
             raise InvalidInputError(f"{what} holds a NUL character, which the document store cannot compare")
     elif isinstance(value, int) and not isinstance(value, bool):
         if not INT64[0] <= value <= INT64[1]:
             raise InvalidInputError(f"{what} is an integer beyond 64 bits ({value}): store it as a string")
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            _check_storable(key, f"{what} key {key!r}")
-            _check_storable(item, f"{what}.{key}")
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
             _check_storable(item, f"{what}[{i}]")
+    elif isinstance(value, (dict, Mapping)):  # dict first: the abstract check costs ten times more
+        for key, item in value.items():
+            _check_storable(key, f"{what} key {key!r}")
+            _check_storable(item, f"{what}.{key}")
 
 
 def _finite(value: Any, replaced: list[int]) -> Any:

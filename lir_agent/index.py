@@ -222,9 +222,9 @@ class _Snapshot:
         the few colliding ids, not every id in every segment)."""
         found: dict[str, tuple[int, int]] = {}
         ids = [i for i in dict.fromkeys(ids) if isinstance(i, str)]
-        hashes = np.fromiter(map(storage.id_hash, ids), np.uint32, len(ids)) if len(ids) > FIND_PREFILTER_IDS else None
+        prefilter = _HashPrefilter(ids) if len(ids) > FIND_PREFILTER_IDS else None
         for s, segment in enumerate(self.segments if ids else ()):
-            asked = ids if hashes is None else [ids[j] for j in np.flatnonzero(np.isin(hashes, segment.id_hashes))]
+            asked = ids if prefilter is None else prefilter.candidates(segment.id_hashes)
             for doc_id, row in segment.docs.rows_of(asked).items() if asked else ():
                 if not segment.deleted[row]:
                     found[doc_id] = (s, row)
@@ -247,6 +247,24 @@ class _Snapshot:
             for i, doc in zip(positions, self.segments[s].docs.documents([located[i][1] for i in positions])):
                 out[i] = doc
         return out
+
+
+class _HashPrefilter:
+    """The ids of a lookup, sorted by id hash, to find which of them a segment may hold."""
+
+    def __init__(self, ids: Sequence[str]):
+        hashes = np.fromiter(map(storage.id_hash, ids), np.uint32, len(ids))
+        self.order = np.argsort(hashes, kind="stable")
+        self.sorted = hashes[self.order]
+        self.ids = ids
+
+    def candidates(self, segment_hashes: np.ndarray) -> list[str]:
+        """Those ids whose hash is among ``segment_hashes``: one binary search per segment row."""
+        positions = np.searchsorted(self.sorted, segment_hashes).clip(max=len(self.sorted) - 1)
+        shared = np.unique(segment_hashes[self.sorted[positions] == segment_hashes])
+        starts = np.searchsorted(self.sorted, shared, "left")
+        ends = np.searchsorted(self.sorted, shared, "right")
+        return [self.ids[self.order[j]] for a, b in zip(starts, ends) for j in range(a, b)]
 
 
 def _manifest_stamp(path: Path) -> tuple[int, int, int] | None:
@@ -652,9 +670,10 @@ class Index:
         docs = [replace(doc, truncated_tokens=n, embedded=embedded) for doc, n in zip(docs, truncated)]
         with self._writing() as manifest:
             state = self._state
+            where = state.find([d.id for d in docs])
             if not upsert:
-                _check_new(state, docs)  # again: another writer may have added them meanwhile
-            _delete_rows(manifest, state.find([d.id for d in docs]).values())
+                _check_new(state, docs, where)  # again: another writer may have added them meanwhile
+            _delete_rows(manifest, where.values())
             compress = manifest["compress"]
             new_tokens = sum(int(m.shape[0]) for m in matrices)
             if manifest["index_type"] == "exact" and compress and state.live_tokens() + new_tokens >= compress["min_tokens"]:
@@ -971,8 +990,9 @@ def _attach_documents(state: _Snapshot, ranked: Ranked, positions: Iterable[int]
         ranked.documents[i] = doc
 
 
-def _check_new(state: _Snapshot, docs: Sequence[Document]) -> None:
-    where = state.find([d.id for d in docs])
+def _check_new(state: _Snapshot, docs: Sequence[Document], where: dict[str, tuple[int, int]] | None = None) -> None:
+    """DuplicateIdError if any of ``docs`` is live (``where``: their locations, if looked up already)."""
+    where = state.find([d.id for d in docs]) if where is None else where
     existing = [d.id for d in docs if d.id in where]
     if existing:
         raise DuplicateIdError(f"{len(existing)} id(s) already in the index, e.g. {existing[0]!r} (use upsert to replace)")

@@ -46,7 +46,9 @@ def check_json(value: Any, what: str) -> Any:
     Values other than strings, dicts, lists and tuples are left alone."""
     if isinstance(value, str):
         check_text(value, what)
-    elif isinstance(value, Mapping):
+    elif value is None or value.__class__ in (bool, int, float):
+        pass
+    elif isinstance(value, (dict, Mapping)):  # dict first: the abstract check costs ten times more
         for key, item in value.items():
             if isinstance(key, str):
                 check_text(key, f"{what} key {key!r}")  # repr() escapes a surrogate: the message stays text

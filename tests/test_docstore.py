@@ -319,3 +319,24 @@ def test_info_names_the_indexed_fields_and_the_format(tmp_path, encoder):
     assert again.indexed_fields == ["a", "b", "c"]
     sharded = ShardedIndex.create(tmp_path / "s", 2, encoder, indexed_fields=["x"])
     assert sharded.indexed_fields == ["x"]
+
+
+@pytest.mark.parametrize("weak_hash", [False, True])
+def test_bulk_id_lookups_match_one_by_one_lookups(tmp_path, encoder, monkeypatch, weak_hash):
+    """find() of many ids asks each segment only for the ids whose hash it holds; with a hash
+    that collides all the time (weak_hash) the answers must be the same."""
+    if weak_hash:
+        monkeypatch.setattr(storage, "id_hash", lambda doc_id: len(doc_id) % 3)
+    index = Index.create(tmp_path / "idx", encoder=encoder, index_type="exact")
+    for batch in range(4):
+        index.add([{"id": f"d{batch}-{i}", "text": "t"} for i in range(50)],
+                  embeddings=random_matrices(50, DIM, seed=batch, max_len=2))
+    index.delete([f"d1-{i}" for i in range(0, 50, 2)])
+    index.upsert([{"id": f"d2-{i}", "text": "new"} for i in range(10)], embeddings=random_matrices(10, DIM, 9, max_len=2))
+    asked = [f"d{b}-{i}" for b in range(5) for i in range(0, 50, 3)] + ["nope", "d0-1"]
+    state = index._snapshot()
+    bulk = state.find(asked)
+    assert len(asked) > index_module.FIND_PREFILTER_IDS
+    assert bulk == {i: loc for i in asked for loc in state.find([i]).values()}
+    assert set(bulk) == {i for i in asked if i in set(index.ids())}
+    assert all(state.documents([bulk[f"d2-{i}"]])[0].text == "new" for i in range(0, 10, 3))
