@@ -3,7 +3,8 @@
 Each segment of an index (see :mod:`lir_agent.storage`) holds its documents in ``docs.sqlite``,
 one row per document in the segment's row order::
 
-    docs(row INTEGER PRIMARY KEY, id TEXT UNIQUE, metadata TEXT (JSON), truncated_tokens, embedded, text)
+    docs(row INTEGER PRIMARY KEY, id TEXT UNIQUE, metadata TEXT (JSON), truncated_tokens, embedded,
+         passages TEXT (JSON [[start, end, tokens], ...] of a document stored as passages, else NULL), text)
 
 plus one expression index per field the index declares (``indexed_fields``) on
 ``(json_type(metadata, <path>), json_extract(metadata, <path>))``, the expressions the filter
@@ -56,11 +57,14 @@ class Document:
     metadata: dict[str, Any] = field(default_factory=dict)
     truncated_tokens: int = 0  # tokens the encoder cut off the end of the text when it was indexed
     embedded: bool = False  # stored from caller-given embeddings: a re-train cannot encode its text again
+    # a document stored as passages (see lir_agent.passages): per passage, in order, its character
+    # span in ``text`` and how many rows of the document's token matrix are its; None: one passage
+    passages: list[tuple[int, int, int]] | None = None
 
 
 _SCHEMA = ("CREATE TABLE docs (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, metadata TEXT NOT NULL, "
-           "truncated_tokens INTEGER NOT NULL, embedded INTEGER NOT NULL, text TEXT NOT NULL)")
-_COLUMNS = "row, id, metadata, truncated_tokens, embedded, text"
+           "truncated_tokens INTEGER NOT NULL, embedded INTEGER NOT NULL, passages TEXT, text TEXT NOT NULL)")
+_COLUMNS = "row, id, metadata, truncated_tokens, embedded, passages, text"
 
 
 def _connect(target: str, uri: bool = False) -> sqlite3.Connection:
@@ -97,13 +101,13 @@ class DocumentWriter:
 
     def append(self, doc: Document) -> None:
         self.pending.append((self.rows, doc.id, json.dumps(doc.metadata, ensure_ascii=False, allow_nan=False),
-                             int(doc.truncated_tokens), int(bool(doc.embedded)), doc.text))
+                             int(doc.truncated_tokens), int(bool(doc.embedded)), _passages_json(doc), doc.text))
         self.rows += 1
         if len(self.pending) >= INSERT_BATCH:
             self._flush()
 
     def _flush(self) -> None:
-        self.connection.executemany(f"INSERT INTO docs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", self.pending)
+        self.connection.executemany(f"INSERT INTO docs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", self.pending)
         self.pending = []
 
     def finish(self) -> None:
@@ -142,13 +146,13 @@ class DocumentStore:
         connection.execute(_SCHEMA)
         replaced = [0]
         rows = [(row, d.id, json.dumps(_finite(d.metadata, replaced), ensure_ascii=False, allow_nan=False),
-                 int(d.truncated_tokens), int(d.embedded), d.text) for row, d in enumerate(documents)]
+                 int(d.truncated_tokens), int(d.embedded), None, d.text) for row, d in enumerate(documents)]
         if replaced[0]:
             logger.warning("%s: %d NaN or infinite metadata values read as null (JSON cannot hold them)", where,
                            replaced[0])
         with connection:
             connection.execute("BEGIN")
-            connection.executemany(f"INSERT INTO docs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows)
+            connection.executemany(f"INSERT INTO docs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         create_field_indexes(connection, indexed_fields)
         return cls(connection, len(rows), where)
 
@@ -241,8 +245,13 @@ class DocumentStore:
 
 
 def _document(values: Sequence[Any]) -> Document:
-    doc_id, metadata, truncated, embedded, text = values
-    return Document(doc_id, text, json.loads(metadata), truncated, bool(embedded))
+    doc_id, metadata, truncated, embedded, passages, text = values
+    return Document(doc_id, text, json.loads(metadata), truncated, bool(embedded),
+                    None if passages is None else [tuple(p) for p in json.loads(passages)])
+
+
+def _passages_json(doc: Document) -> str | None:
+    return None if doc.passages is None else json.dumps([list(p) for p in doc.passages])
 
 
 def metadata_json(metadata: Mapping[str, Any], what: str = "metadata") -> str:

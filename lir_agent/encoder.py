@@ -380,6 +380,24 @@ class Encoder:
                 cut[i] = max(0, len(row) - budget)
         return cut
 
+    def passage_spans(self, texts: Sequence[str], passage_tokens: int, overlap: int) -> list[list[tuple[int, int]]]:
+        """Per text, the character spans of its passages (see :func:`lir_agent.passages.split_passages`):
+        at most ``passage_tokens`` tokens each, special tokens and the document marker included,
+        ``overlap`` tokens shared by neighbours; one span, the whole text, when it fits.
+        Tokenizes only texts long enough to need more than one passage."""
+        from .passages import split_passages
+
+        budget = passage_tokens - self.tokenizer.num_special_tokens_to_add(pair=False) - (self._document_marker is not None)
+        spans = []
+        for text in texts:
+            if len(text.encode("utf-8", "surrogatepass")) <= budget:  # a token covers at least a byte or a character
+                spans.append([(0, len(text))])
+                continue
+            offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, truncation=False,
+                                     verbose=False)["offset_mapping"]
+            spans.append(split_passages(offsets, text, budget, overlap))
+        return spans
+
     def token_spans(self, texts: Sequence[str], is_query: bool = False) -> list[TokenSpans]:
         """What the rows of ``encode_documents(texts)`` (``encode_queries`` with ``is_query``)
         stand for: per text, each row's token string and (start, end) character span in the text,

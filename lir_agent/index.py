@@ -10,7 +10,7 @@ import random
 import shutil
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
@@ -35,6 +35,7 @@ from .errors import (
 )
 from .engines.pipeline import Ranked, Round, StaleSearchError, run_search
 from .filters import Filter, compile_filter, field_expressions
+from .passages import HitPassage, check_passage_settings, search_depth, with_passages
 from .text import check_json, check_text
 MAX_K = 100_000
 MAX_SEGMENTS = 32  # above this many segments a write also compacts
@@ -60,6 +61,9 @@ class SearchHit:
     text: str
     metadata: dict[str, Any]
     truncated_tokens: int = 0  # tokens the encoder cut off the end of the text (not searchable)
+    # the document's passages (lir_agent.passages), best first, each with its span and MaxSim;
+    # by="passage": the one passage this hit is
+    passages: list[HitPassage] = field(default_factory=list)
 
 
 @dataclass
@@ -137,24 +141,51 @@ def query_matrices(queries: Sequence[Any], dim: int, encoder: Callable[[], Encod
 
 
 def document_matrices(docs: Sequence[Document], embeddings: Sequence[Any] | None, dim: int,
-                      encoder: Callable[[], Encoder], batch_size: int,
-                      show_progress: bool | None) -> tuple[list[torch.Tensor], list[int]]:
+                      encoder: Callable[[], Encoder], batch_size: int, show_progress: bool | None,
+                      passages: tuple[int, int] | None = None) -> tuple[list[torch.Tensor], list[int], list[Any]]:
     """The checked token matrices of ``docs`` (the given ``embeddings``, or their texts
-    encoded) and, per document, how many tokens the encoder cut off its end (0 for given
-    embeddings). A write that cuts documents logs one warning saying how many and how much."""
+    encoded), per document how many tokens the encoder cut off its end (0 for given
+    embeddings), and its passage layout (see :class:`Document`). With ``passages`` (passage
+    tokens, overlap) a text longer than one passage is encoded as passages (nothing is cut);
+    without, a write that cuts documents logs one warning saying how many and how much. Given
+    embeddings keep the layout their Document names (its token counts must add up)."""
     if embeddings is not None:
         if len(embeddings) != len(docs):
             raise InvalidInputError(f"{len(embeddings)} embedding matrices for {len(docs)} documents")
-        return [check_matrix(m, dim, f"embeddings of {d.id!r}") for m, d in zip(embeddings, docs)], [0] * len(docs)
+        matrices = [check_matrix(m, dim, f"embeddings of {d.id!r}") for m, d in zip(embeddings, docs)]
+        for doc, matrix in zip(docs, matrices):
+            if doc.passages is not None and sum(p[2] for p in doc.passages) != matrix.shape[0]:
+                raise InvalidInputError(f"document {doc.id!r}: its passages hold {sum(p[2] for p in doc.passages)} "
+                                        f"tokens, its embeddings {matrix.shape[0]}")
+        return matrices, [0] * len(docs), [doc.passages for doc in docs]
     model = encoder()
     texts = [d.text for d in docs]
-    matrices = model.encode_documents(texts, batch_size=batch_size, show_progress=show_progress)
+    matrices, layouts = encode_texts(model, texts, passages, batch_size, show_progress)
     for doc, matrix in zip(docs, matrices):
         if matrix.shape[0] == 0:
             raise InvalidInputError(f"document {doc.id!r} has no tokens left after encoding")
-    truncated = model.truncated_tokens(texts)
+    truncated = [0] * len(docs) if passages else model.truncated_tokens(texts)
     warn_truncated(truncated, model.settings.document_length)
-    return matrices, truncated
+    return matrices, truncated, layouts
+
+
+def encode_texts(model: Encoder, texts: Sequence[str], passages: tuple[int, int] | None, batch_size: int = 32,
+                 show_progress: bool | None = None) -> tuple[list[torch.Tensor], list[Any]]:
+    """Token matrices of ``texts`` and their passage layouts (None for a text of one passage);
+    with ``passages`` (tokens, overlap) long texts are encoded passage by passage (all passages
+    of all texts in the encoder's batches) and each text's matrix is its passages' rows in order."""
+    if not passages:
+        return model.encode_documents(texts, batch_size=batch_size, show_progress=show_progress), [None] * len(texts)
+    spans = model.passage_spans(texts, *passages)
+    encoded = model.encode_documents([text[a:b] for text, parts in zip(texts, spans) for a, b in parts],
+                                     batch_size=batch_size, show_progress=show_progress)
+    matrices, layouts, position = [], [], 0
+    for parts in spans:
+        chunk = encoded[position : position + len(parts)]
+        position += len(parts)
+        matrices.append(chunk[0] if len(chunk) == 1 else torch.cat(chunk))
+        layouts.append(None if len(parts) == 1 else [(a, b, int(m.shape[0])) for (a, b), m in zip(parts, chunk)])
+    return matrices, layouts
 
 
 def warn_truncated(truncated: Sequence[int], document_length: int) -> None:
@@ -307,7 +338,8 @@ class Index:
     def create(cls, path: str | Path, encoder: Encoder | str | None = None, *, index_type: IndexType = "auto",
                nbits: int = 2, projection_dim: int | None = None, num_centroids: int | None = None,
                codec: ResidualCodec | None = None, exist_ok: bool = False, device: str = "cpu",
-               auto_optimize: bool = False, indexed_fields: Sequence[str] = ()) -> "Index":
+               auto_optimize: bool = False, indexed_fields: Sequence[str] = (), passage_tokens: int | None = None,
+               passage_overlap: int | None = None) -> "Index":
         """Creates an empty index at ``path`` (resolved to an absolute path here, once).
         ``encoder``: an Encoder, a model name/path, or the default.
 
@@ -321,6 +353,10 @@ class Index:
         re-encoding every document's text (see :meth:`optimize`); otherwise such writes warn.
         ``indexed_fields``: metadata fields (dotted paths) the document store indexes, so that
         filters on them read the index instead of scanning (more: :meth:`index_fields`).
+        ``passage_tokens`` / ``passage_overlap``: a text longer than the encoder reads is stored
+        as passages of at most that many tokens, neighbours sharing ``passage_overlap`` (see
+        :mod:`lir_agent.passages`); default: the encoder's document length and an eighth of it;
+        ``passage_tokens=0`` cuts long texts at the encoder's length instead.
         """
         path = Path(path).resolve()
         indexed_fields = check_fields(indexed_fields)  # before anything: a bad list fails the same way with exist_ok
@@ -338,6 +374,10 @@ class Index:
         if nbits not in NBITS:
             raise InvalidInputError(f"nbits must be one of {NBITS}, got {nbits!r}")
         encoder = encoder if isinstance(encoder, Encoder) else Encoder.from_pretrained(encoder or "default")
+        length = encoder.settings.document_length
+        passage_tokens = length if passage_tokens is None else passage_tokens
+        passage_overlap = passage_tokens // 8 if passage_overlap is None else passage_overlap
+        check_passage_settings(passage_tokens, passage_overlap, length)
         if projection_dim is not None and not 0 < projection_dim <= encoder.dim:
             raise InvalidInputError(f"projection_dim must be in 1..{encoder.dim}, got {projection_dim!r}")
         if codec is not None:
@@ -366,6 +406,7 @@ class Index:
             "segments": [],
             "marks_embedded": True,  # records say which came as given embeddings (older indexes: unknown)
             "indexed_fields": indexed_fields,
+            "passages": {"tokens": passage_tokens, "overlap": passage_overlap if passage_tokens else 0},
         }
         if codec is not None:
             manifest["index_type"], manifest["codec"] = "compressed", _save_codec(path, codec, generation=0)
@@ -483,6 +524,13 @@ class Index:
         return self._snapshot().manifest["index_type"]
 
     @property
+    def passage_settings(self) -> tuple[int, int] | None:
+        """(passage tokens, overlap) of long texts, or None when they are cut (passage_tokens=0,
+        and indexes written before passages existed)."""
+        passages = self._state.manifest.get("passages") or {}
+        return (passages["tokens"], passages["overlap"]) if passages.get("tokens") else None
+
+    @property
     def indexed_fields(self) -> list[str]:
         """Metadata fields the document store indexes (see :meth:`index_fields`)."""
         return list(self._snapshot().manifest.get("indexed_fields", []))
@@ -546,43 +594,49 @@ class Index:
 
     # ---------------------------------------------------------------- search
     def search(self, query: str | torch.Tensor | np.ndarray, k: int = 10, filter: Filter | None = None,
-               exclude_ids: Iterable[str] | None = None, **search_params: int) -> list[SearchHit]:
+               exclude_ids: Iterable[str] | None = None, by: str = "document", **search_params: int) -> list[SearchHit]:
         """Top-k documents for one query: a text, or a precomputed (n_tokens, dim) matrix.
 
         ``filter``: metadata filter; ``exclude_ids``: ids never to return. Both apply before
         scoring, so k documents come back whenever k match and are not excluded.
+        ``by``: "document" ranks documents by MaxSim over all their token vectors (of every
+        passage of a long one: :mod:`lir_agent.passages`), each hit with its passages best first;
+        "passage" ranks passages (one hit each: its document, and the passage's span and MaxSim),
+        those of the best PASSAGE_CANDIDATES (or k) documents.
         ``search_params`` (compressed indexes): ``nprobe``, ``candidates``, ``rerank``; the
         defaults depend on k.
         """
-        return self.search_batch([query], k=k, filter=filter, exclude_ids=exclude_ids, **search_params)[0]
+        return self.search_batch([query], k=k, filter=filter, exclude_ids=exclude_ids, by=by, **search_params)[0]
 
     def search_batch(self, queries: Sequence[str | torch.Tensor | np.ndarray], k: int = 10,
-                     filter: Filter | None = None, exclude_ids: Iterable[str] | None = None,
+                     filter: Filter | None = None, exclude_ids: Iterable[str] | None = None, by: str = "document",
                      **search_params: int) -> list[list[SearchHit]]:
-        """Top-k documents for each query (``filter`` and ``exclude_ids`` as in :meth:`search`,
-        the same for every query); centroid scoring / the exact scan is shared by the batch.
-        The whole search runs on one snapshot of the index (writes committed meanwhile, by this
-        or another thread or process, are seen by the next search)."""
+        """Top-k documents (or passages, ``by``) for each query (``filter``, ``exclude_ids`` and
+        ``by`` as in :meth:`search`, the same for every query); centroid scoring / the exact scan
+        is shared by the batch. The ranking runs on one snapshot of the index (writes committed
+        meanwhile, by this or another thread or process, are seen by the next search)."""
         k = check_k(k)
         if isinstance(queries, (str, torch.Tensor, np.ndarray)):
             raise InvalidInputError("search_batch takes a list of queries")
+        depth = search_depth(k, by)
         state = self._snapshot()
-        params = state.engine.search_params(k, search_params)
+        params = state.engine.search_params(depth, search_params)
         compile_filter(filter)  # a bad filter fails before any work
         exclude_ids = check_exclude_ids(exclude_ids)
         if len(queries) == 0:
             return []
-        prepared = state.engine.prepare_queries(query_matrices(queries, self.dim, lambda: self.encoder), self.device)
+        matrices = query_matrices(queries, self.dim, lambda: self.encoder)
+        prepared = state.engine.prepare_queries(matrices, self.device)
 
         def fan_out(stage: str, round_params: Any, selections: list[list[Ranked] | None] | None,
                     flags: list[bool] | None) -> list[Round | None]:
             if selections is not None and selections[0] is None:
                 return [None]
             selection = None if selections is None else selections[0]
-            return [self._round(state, stage, prepared, k, round_params, filter, selection, flags, exclude_ids)]
+            return [self._round(state, stage, prepared, depth, round_params, filter, selection, flags, exclude_ids)]
 
-        ranked = run_search(state.engine.kind, fan_out, len(queries), 1, k, params)
-        return [[hit_of(doc, score, rank) for rank, (score, _, doc) in enumerate(hits, start=1)] for hits in ranked]
+        ranked = run_search(state.engine.kind, fan_out, len(queries), 1, depth, params)
+        return with_passages(self, matrices, [[(score, doc) for score, _, doc in hits] for hits in ranked], k, by, hit_of)
 
     def prepare_queries(self, matrices: list[torch.Tensor]) -> Any:
         """Query matrices made ready for :meth:`search_round` (for a compressed index: projected,
@@ -660,14 +714,15 @@ class Index:
             return []
         if not upsert and embeddings is None:
             _check_new(self._snapshot(), docs)  # before the encoding work
-        matrices, truncated = document_matrices(docs, embeddings, self.dim, lambda: self.encoder, batch_size,
-                                                show_progress)
+        matrices, truncated, layouts = document_matrices(docs, embeddings, self.dim, lambda: self.encoder, batch_size,
+                                                         show_progress, self.passage_settings)
         if truncated_tokens is not None:
             if embeddings is None or len(truncated_tokens) != len(docs):
                 raise InvalidInputError("truncated_tokens goes with embeddings, one count per document")
             truncated = [int(n) for n in truncated_tokens]
         embedded = embeddings is not None and not embeddings_from_text
-        docs = [replace(doc, truncated_tokens=n, embedded=embedded) for doc, n in zip(docs, truncated)]
+        docs = [replace(doc, truncated_tokens=n, embedded=embedded, passages=layout)
+                for doc, n, layout in zip(docs, truncated, layouts)]
         with self._writing() as manifest:
             state = self._state
             where = state.find([d.id for d in docs])
@@ -969,9 +1024,9 @@ class Index:
             segment.docs.check()
 
 
-def hit_of(doc: Document, score: float, rank: int) -> SearchHit:
+def hit_of(doc: Document, score: float, rank: int, passages: Sequence[HitPassage] = ()) -> SearchHit:
     """The search hit of a stored document (its metadata copied)."""
-    return SearchHit(doc.id, score, rank, doc.text, dict(doc.metadata), doc.truncated_tokens)
+    return SearchHit(doc.id, score, rank, doc.text, dict(doc.metadata), doc.truncated_tokens, list(passages))
 
 
 def _with_documents(state: _Snapshot, round_: Round) -> Round:
@@ -1091,7 +1146,10 @@ class _Originals:
                 segment, row, _ = self.live[i]
                 out[i] = segment.store.vectors(row)  # decoded rows are in the (kept) codec's space already
         if texts:
-            matrices = self.encoder().encode_documents([self.live[i][2].text for i in texts])
+            docs = [self.live[i][2] for i in texts]  # encoded the way they were stored: whole, or passage by passage
+            spans = [[(a, b) for a, b, _ in doc.passages] if doc.passages else [(0, len(doc.text))] for doc in docs]
+            encoded = iter(self.encoder().encode_documents([d.text[a:b] for d, parts in zip(docs, spans) for a, b in parts]))
+            matrices = [torch.cat([next(encoded) for _ in parts]) for parts in spans]
             for i, matrix in zip(texts, matrices):
                 segment, row, doc = self.live[i]
                 if matrix.shape[0] != segment.lengths[row]:

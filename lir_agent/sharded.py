@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
 
@@ -36,6 +37,7 @@ from .errors import DocumentNotFoundError, DuplicateIdError, IndexCorruptedError
 from .filters import Filter, compile_filter
 from .index import (Document, Index, as_documents, check_encoder, check_fields, check_exclude_ids, check_k,
                     document_matrices, hit_of, query_matrices)
+from .passages import search_depth, with_passages
 
 SHARDS_FILE = "shards.json"
 FORMAT_NAME = "lir-agent-sharded"
@@ -80,12 +82,14 @@ def read_layout(path: Path) -> dict[str, Any]:
 
 def create_shards(path: str | Path, num_shards: int, encoder: Encoder | str | None = None, *,
                   index_type: str = "exact", codec: ResidualCodec | None = None,
-                  indexed_fields: Sequence[str] = ()) -> list[Path]:
+                  indexed_fields: Sequence[str] = (), passage_tokens: int | None = None,
+                  passage_overlap: int | None = None) -> list[Path]:
     """Creates an empty sharded index directory; returns the shard paths.
 
     ``index_type`` "exact", or "compressed" with ``codec``: the shards of a compressed index
     share one codec (train it on a sample of the corpus: ``ResidualCodec.fit(vectors, nbits=2)``).
-    ``indexed_fields``: metadata fields every shard's document store indexes (see :meth:`Index.create`).
+    ``indexed_fields``: metadata fields every shard's document store indexes; ``passage_tokens``
+    / ``passage_overlap``: long texts as passages (both: see :meth:`Index.create`).
     """
     indexed_fields = check_fields(indexed_fields)
     path = Path(path).resolve()
@@ -103,7 +107,7 @@ def create_shards(path: str | Path, num_shards: int, encoder: Encoder | str | No
     names = [f"shard-{i:05d}" for i in range(num_shards)]
     for name in names:
         Index.create(path / name, encoder, index_type="exact" if codec is None else "compressed", codec=codec,
-                     indexed_fields=indexed_fields)
+                     indexed_fields=indexed_fields, passage_tokens=passage_tokens, passage_overlap=passage_overlap)
     layout = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "num_shards": num_shards,
               "shards": names, "router": "blake2b-64 modulo num_shards", "index_type": index_type}
     storage.write_json_atomic(path / SHARDS_FILE, layout)  # written last: the commit point
@@ -161,11 +165,12 @@ class ShardedIndex:
 
     @classmethod
     def create(cls, path: str | Path, num_shards: int, encoder: Encoder | str | None = None, *,
-               index_type: str = "exact", codec: ResidualCodec | None = None,
-               indexed_fields: Sequence[str] = ()) -> "ShardedIndex":
+               index_type: str = "exact", codec: ResidualCodec | None = None, indexed_fields: Sequence[str] = (),
+               passage_tokens: int | None = None, passage_overlap: int | None = None) -> "ShardedIndex":
         """Creates an empty sharded index (see :func:`create_shards`) and opens it in this process."""
         encoder = encoder if isinstance(encoder, Encoder) else Encoder.from_pretrained(encoder or "default")
-        create_shards(path, num_shards, encoder, index_type=index_type, codec=codec, indexed_fields=indexed_fields)
+        create_shards(path, num_shards, encoder, index_type=index_type, codec=codec, indexed_fields=indexed_fields,
+                      passage_tokens=passage_tokens, passage_overlap=passage_overlap)
         return cls.open(path, encoder)
 
     @classmethod
@@ -229,14 +234,15 @@ class ShardedIndex:
 
     # ---------------------------------------------------------------- search
     def search(self, query: str | torch.Tensor | np.ndarray, k: int = 10, filter: Filter | None = None,
-               exclude_ids: Iterable[str] | None = None, allow_partial: bool = False, **search_params: int) -> HitList:
-        """Top-k documents for one query (see :meth:`search_batch`)."""
+               exclude_ids: Iterable[str] | None = None, allow_partial: bool = False, by: str = "document",
+               **search_params: int) -> HitList:
+        """Top-k documents (or passages, ``by``) for one query (see :meth:`search_batch` and :meth:`Index.search`)."""
         return self.search_batch([query], k=k, filter=filter, exclude_ids=exclude_ids, allow_partial=allow_partial,
-                                 **search_params)[0]
+                                 by=by, **search_params)[0]
 
     def search_batch(self, queries: Sequence[str | torch.Tensor | np.ndarray], k: int = 10,
                      filter: Filter | None = None, exclude_ids: Iterable[str] | None = None,
-                     allow_partial: bool = False, **search_params: int) -> list[HitList]:
+                     allow_partial: bool = False, by: str = "document", **search_params: int) -> list[HitList]:
         """Top-k documents for each query over all shards. Queries are encoded once, here; each
         round is one call per shard for the whole batch. ``filter`` and ``exclude_ids`` (ids never
         to return) apply before scoring, as in :meth:`Index.search`; each shard is sent only its
@@ -245,21 +251,23 @@ class ShardedIndex:
         k = check_k(k)
         if isinstance(queries, (str, torch.Tensor, np.ndarray)):
             raise InvalidInputError("search_batch takes a list of queries")
-        params = self._engine.search_params(k, search_params)
+        depth = search_depth(k, by)
+        params = self._engine.search_params(depth, search_params)
         compile_filter(filter)
         excluded: dict[int, list[str]] = defaultdict(list)
         for doc_id in check_exclude_ids(exclude_ids):
             excluded[shard_of(doc_id, self.num_shards)].append(doc_id)
         if len(queries) == 0:
             return []
-        prepared = self._share(query_matrices(queries, self.dim, lambda: self.encoder))
+        matrices = query_matrices(queries, self.dim, lambda: self.encoder)
+        prepared = self._share(matrices)
         for attempt in range(SEARCH_ATTEMPTS):
             missing: set[int] = set()
 
             def fan_out(stage: str, round_params: Any, selections: list[list[Ranked] | None] | None,
                         flags: list[bool] | None) -> list[Round | None]:
                 asked = [s for s in range(self.num_shards) if selections is None or selections[s] is not None]
-                args = [(stage, prepared, k, round_params, filter, None if selections is None else selections[s], flags,
+                args = [(stage, prepared, depth, round_params, filter, None if selections is None else selections[s], flags,
                          tuple(excluded.get(s, ()))) for s in asked]
                 answers = dict(zip(asked, self.shards.fan_out("search_round", args, shards=asked,
                                                               allow_partial=allow_partial)))
@@ -268,14 +276,15 @@ class ShardedIndex:
                         for s in range(self.num_shards)]
 
             try:
-                ranked = run_search(self._engine.kind, fan_out, len(queries), self.num_shards, k, params)
+                ranked = run_search(self._engine.kind, fan_out, len(queries), self.num_shards, depth, params)
                 break
             except StaleSearchError:
                 if attempt == SEARCH_ATTEMPTS - 1:
                     raise
         results = []
-        for hits in ranked:
-            result = HitList(hit_of(doc, score, rank) for rank, (score, _, doc) in enumerate(hits, start=1))
+        for hits in with_passages(self, matrices, [[(score, doc) for score, _, doc in hits] for hits in ranked], k, by,
+                                  hit_of):
+            result = HitList(hits)
             result.missing_shards = tuple(sorted(missing))
             results.append(result)
         return results
@@ -311,8 +320,9 @@ class ShardedIndex:
             existing = [doc_id for ids in found for doc_id in ids]
             if existing:
                 raise DuplicateIdError(f"{len(existing)} id(s) already in the index, e.g. {existing[0]!r} (use upsert to replace)")
-        matrices, truncated = document_matrices(docs, embeddings, self.dim, lambda: self.encoder, batch_size,
-                                                show_progress)
+        matrices, truncated, layouts = document_matrices(docs, embeddings, self.dim, lambda: self.encoder, batch_size,
+                                                         show_progress, self.passage_settings)
+        docs = [replace(doc, passages=layout) for doc, layout in zip(docs, layouts)]
         for shard, positions in sorted(by_shard.items()):
             self.shards.call(shard, "add", [docs[i] for i in positions], embeddings=[matrices[i] for i in positions],
                              truncated_tokens=[truncated[i] for i in positions], upsert=True,
@@ -341,6 +351,17 @@ class ShardedIndex:
         """Compacts every shard (drops deleted rows, merges segments)."""
         for shard in range(self.num_shards):
             self.shards.call(shard, "compact")
+
+    @property
+    def codec(self) -> ResidualCodec | None:
+        """The codec the shards share (None for an exact index)."""
+        return getattr(self._engine, "codec", None)
+
+    @property
+    def passage_settings(self) -> tuple[int, int] | None:
+        """(passage tokens, overlap) of long texts, the same in every shard (see :meth:`Index.passage_settings`)."""
+        passages = storage.read_manifest(self.path / self.layout["shards"][0]).get("passages") or {}
+        return (passages["tokens"], passages["overlap"]) if passages.get("tokens") else None
 
     @property
     def indexed_fields(self) -> list[str]:
@@ -392,8 +413,10 @@ def reshard(source: str | Path, target: str | Path, num_shards: int, show_progre
     codec = first.codec
     if first.index_type != "exact" and codec is None:
         raise InvalidInputError(f"{source} is not exact or compressed")
+    passages = first.passage_settings or (0, 0)
     outputs = [Index.open(p) for p in create_shards(target, num_shards, first.encoder, index_type=first.index_type,
-                                                     codec=codec, indexed_fields=first.indexed_fields)]
+                                                     codec=codec, indexed_fields=first.indexed_fields,
+                                                     passage_tokens=passages[0], passage_overlap=passages[1])]
     total = sum(len(index) for index in inputs)
     with tqdm(total=total, desc="resharding", unit="doc", disable=show_progress is False) as bar:
         for index in inputs:
