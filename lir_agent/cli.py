@@ -10,6 +10,7 @@ parsed; torch, transformers and the index are imported by the commands that use 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -74,7 +75,9 @@ def _open_or_create(args: argparse.Namespace, directory: str | Path) -> "Index":
     if _is_new(directory):
         return Index.create(directory, encoder=args.encoder, index_type=args.index_type, nbits=args.nbits,
                             projection_dim=args.projection_dim,
-                            indexed_fields=getattr(args, "index_field", None) or [])
+                            indexed_fields=getattr(args, "index_field", None) or [],
+                            passage_tokens=getattr(args, "passage_tokens", None),
+                            passage_overlap=getattr(args, "passage_overlap", None))
     index = Index.open(directory, encoder=args.encoder)
     if getattr(args, "index_field", None):
         index.index_fields(args.index_field)
@@ -173,14 +176,18 @@ def _no_results(index: "Index | ShardedIndex", filter: Any) -> str:
 
 
 def format_hits(hits: list, as_json: bool = False) -> str:
-    """Hits as ``search`` prints them: JSON, or a table of rank, score, id and the text's start."""
+    """Hits as ``search`` prints them: JSON, or a table of rank, score, id and the start of the
+    text, or of its best passage (with its character span) for a document stored as passages."""
     if as_json:
-        return json.dumps([hit.__dict__ for hit in hits], ensure_ascii=False, indent=1)
+        return json.dumps([dataclasses.asdict(hit) for hit in hits], ensure_ascii=False, indent=1)
     width = max([len(h.id) for h in hits] + [2])
     lines = [f"{'rank':>4}  {'score':>8}  {'id':<{width}}  text"]
     for hit in hits:
-        text = " ".join(hit.text.split())
-        lines.append(f"{hit.rank:>4}  {hit.score:8.4f}  {hit.id:<{width}}  {text[:100]}")
+        best = hit.passages[0] if hit.passages and (hit.passages[0].start, hit.passages[0].end) != (0, len(hit.text)) \
+            else None
+        text = " ".join(hit.text[best.start:best.end].split()) if best else " ".join(hit.text.split())
+        where = f"[{best.start}-{best.end}] " if best else ""
+        lines.append(f"{hit.rank:>4}  {hit.score:8.4f}  {hit.id:<{width}}  {where}{text[:100]}")
     return "\n".join(lines)
 
 
@@ -195,7 +202,7 @@ def cmd_search(args: argparse.Namespace) -> None:
         print(f"warning: {names} ignored: {args.index} is an exact index, and only compressed indexes take {names}",
               file=sys.stderr)
         params = {}
-    hits = index.search(args.query, k=args.k, filter=args.filter, **params)
+    hits = index.search(args.query, k=args.k, filter=args.filter, by=args.by, **params)
     if hits or args.json:
         print(format_hits(hits, as_json=args.json))
     if not hits:
@@ -454,6 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", required=True, help="index directory (created if absent)")
     p.add_argument("--encoder", help="model name or path (default: bundled all-MiniLM-L6-v2)")
     _index_options(p, default_type="auto")
+    p.add_argument("--passage-tokens", type=int, help="for a new index: texts longer than the encoder reads are "
+                   "stored as passages of at most this many tokens (default: the encoder's length; 0: cut them)")
+    p.add_argument("--passage-overlap", type=int, help="for a new index: tokens neighbouring passages share "
+                   "(default: an eighth of --passage-tokens)")
     p.add_argument("--index-field", action="append", metavar="FIELD",
                    help="metadata field (dotted path) to index for fast filters; repeatable, also on an existing index")
     p.add_argument("--upsert", action="store_true", help="replace documents whose ids exist")
@@ -471,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--filter", type=_filter_arg, help=f"metadata filter as a JSON object, e.g. {FILTER_EXAMPLE}")
     p.add_argument("--json", action="store_true", help="print hits as JSON")
+    p.add_argument("--by", choices=["document", "passage"], default="document",
+                   help="rank documents (MaxSim over all their passages) or passages")
     _search_options(p)
     p.set_defaults(func=cmd_search)
 

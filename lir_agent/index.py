@@ -80,8 +80,8 @@ def _as_document(item: Document | Mapping[str, Any], position: int) -> Document:
     """Accepts a Document or a mapping with "id"/"_id", "text", optional "title" and "metadata".
     Every string in it must be text (no lone surrogates: :mod:`lir_agent.text`)."""
     title = None
-    if isinstance(item, Document):
-        doc = Document(item.id, item.text, item.metadata)
+    if isinstance(item, Document):  # its passage layout goes with it (a sharded index encodes for its shards)
+        doc = Document(item.id, item.text, item.metadata, passages=item.passages)
     elif isinstance(item, Mapping):
         title = item.get("title")
         doc = Document(item.get("id", item.get("_id")), item.get("text"), item.get("metadata") or {})
@@ -154,6 +154,11 @@ def document_matrices(docs: Sequence[Document], embeddings: Sequence[Any] | None
             raise InvalidInputError(f"{len(embeddings)} embedding matrices for {len(docs)} documents")
         matrices = [check_matrix(m, dim, f"embeddings of {d.id!r}") for m, d in zip(embeddings, docs)]
         for doc, matrix in zip(docs, matrices):
+            if doc.passages is not None and not all(
+                    len(p) == 3 and all(isinstance(v, int) and not isinstance(v, bool) for v in p)
+                    and 0 <= p[0] < p[1] <= len(doc.text) and p[2] > 0 for p in doc.passages):
+                raise InvalidInputError(f"document {doc.id!r}: passages must be (start, end, tokens) with "
+                                        f"0 <= start < end <= {len(doc.text)} and tokens > 0")
             if doc.passages is not None and sum(p[2] for p in doc.passages) != matrix.shape[0]:
                 raise InvalidInputError(f"document {doc.id!r}: its passages hold {sum(p[2] for p in doc.passages)} "
                                         f"tokens, its embeddings {matrix.shape[0]}")

@@ -3,7 +3,9 @@ budgets that are never exceeded, traces that round-trip, bad arguments that chan
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from lir_agent import DocumentNotFoundError, Index, InvalidInputError
 from lir_agent.agentic import SearchSession, cite
@@ -36,11 +38,14 @@ def index(sample_index_path):
 def test_citations_are_the_maxsim_alignment_in_character_spans(index, encoder):
     for query in QUERIES:
         hits = index.search(query, k=5)
-        citations = cite(encoder, query, [(h.id, h.text) for h in hits], passage_chars=300)
+        layouts = [index.get(h.id).passages for h in hits]  # a long paragraph is stored as passages
+        citations = cite(encoder, query, [(h.id, h.text) for h in hits], passage_chars=300, layouts=layouts)
         q_matrix = encoder.encode_queries([query])[0].float()
-        for hit, citation in zip(hits, citations):
-            d_matrix = encoder.encode_documents([hit.text])[0].float()
-            _, spans = encoder.token_spans([hit.text])[0]
+        for hit, citation, layout in zip(hits, citations, layouts):
+            pieces = [(a, b) for a, b, _ in layout] if layout else [(0, len(hit.text))]
+            d_matrix = torch.cat(encoder.encode_documents([hit.text[a:b] for a, b in pieces])).float()
+            spans = np.concatenate([np.where(s >= 0, s + a, s) for (a, _), (_, s) in
+                                    zip(pieces, encoder.token_spans([hit.text[a:b] for a, b in pieces]))])
             reference = naive_alignment(q_matrix, d_matrix)
             assert [(m.start, m.end) for m in citation.matches] == [tuple(spans[j]) for j, _ in reference]
             assert [m.similarity for m in citation.matches] == pytest.approx([s for _, s in reference], abs=1e-4)
@@ -189,13 +194,18 @@ def test_citations_from_stored_matrices_equal_re_encoded_ones_and_skip_punctuati
     query = "Who directed the film that was shot in or around Leland, North Carolina in 1986?"
     hits = index.search(query, k=5)
     documents = [(h.id, h.text) for h in hits]
-    fresh = cite(encoder, query, documents, 300)
-    stored = cite(encoder, query, documents, 300, doc_matrices=[index.get_embeddings(h.id) for h in hits])
-    wrong = cite(encoder, query, documents, 300, doc_matrices=[index.get_embeddings(h.id)[:3] for h in hits])
+    layouts = [index.get(h.id).passages for h in hits]
+    fresh = cite(encoder, query, documents, 300, layouts=layouts)
+    stored = cite(encoder, query, documents, 300, doc_matrices=[index.get_embeddings(h.id) for h in hits],
+                  layouts=layouts)
+    wrong = cite(encoder, query, documents, 300, doc_matrices=[index.get_embeddings(h.id)[:3] for h in hits],
+                 layouts=layouts)
     for a, b, c in zip(fresh, stored, wrong):
         assert [(m.start, m.end) for m in a.matches] == [(m.start, m.end) for m in b.matches] == \
                [(m.start, m.end) for m in c.matches]  # a matrix that is not the text's is re-encoded
-        assert a.highlights == b.highlights
+        assert [(h.start, h.end, h.query_words) for h in a.highlights] == \
+               [(h.start, h.end, h.query_words) for h in b.highlights]
+        assert [h.score for h in a.highlights] == pytest.approx([h.score for h in b.highlights], abs=1e-3)  # batch numerics
         for h in a.highlights:  # no highlight stands on punctuation alone; each holds its matched tokens
             assert any(ch.isalnum() for ch in dict(documents)[a.doc_id][h.start:h.end])
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from ..encoder import Encoder
@@ -62,7 +63,8 @@ class Citation:
 
 def cite(encoder: Encoder, query: str, documents: Sequence[tuple[str, str]], passage_chars: int,
          min_similarity: float = MIN_SIMILARITY, query_matrix: torch.Tensor | None = None,
-         doc_matrices: Sequence[torch.Tensor | None] | None = None) -> list[Citation]:
+         doc_matrices: Sequence[torch.Tensor | None] | None = None,
+         layouts: Sequence[Sequence[tuple[int, int, int]] | None] | None = None) -> list[Citation]:
     """Citations of ``documents`` ((id, text) pairs) for ``query``: the MaxSim alignment mapped
     to character spans; the matches of query words (not special tokens, expansion [MASK]s or
     punctuation) to word tokens of the document with a similarity of at least
@@ -73,7 +75,9 @@ def cite(encoder: Encoder, query: str, documents: Sequence[tuple[str, str]], pas
     ``doc_matrices``: per document, its stored (n_tokens, dim) token matrix (an index's
     ``get_embeddings``) or None. A stored matrix with one row per token of the text (what the
     index's encoder made of it) is aligned as is, which costs a tokenization instead of an
-    encoder run; any other is re-encoded from the text.
+    encoder run; any other is re-encoded from the text. ``layouts``: per document, the
+    passages it was stored as (``Document.passages``) or None: such a document's rows are its
+    passages' tokens in order, so the whole text is aligned (nothing was cut).
     """
     if not documents:
         return []
@@ -83,13 +87,17 @@ def cite(encoder: Encoder, query: str, documents: Sequence[tuple[str, str]], pas
     words = [query[_word_start(query, a):_word_end(query, b)].lower() if a >= 0 else token
              for token, (a, b) in zip(query_tokens.tokens, query_tokens.spans.tolist())]
     is_words = [a >= 0 and any(c.isalnum() for c in query[a:b]) for a, b in query_tokens.spans.tolist()]
-    doc_spans = encoder.token_spans(texts)
+    layouts = list(layouts) if layouts is not None else [None] * len(texts)
+    pieces = [[(a, b) for a, b, _ in layout] if layout else [(0, len(text))] for text, layout in zip(texts, layouts)]
+    doc_spans = _spans_of_pieces(encoder, texts, pieces)
     doc_matrices = list(doc_matrices) if doc_matrices is not None else [None] * len(texts)
     stale = [i for i, (m, (tokens, _)) in enumerate(zip(doc_matrices, doc_spans))
              if m is None or tuple(m.shape) != (len(tokens), query_matrix.shape[1])]
-    for i, matrix in zip(stale, encoder.encode_documents([texts[i] for i in stale], show_progress=False) if stale else []):
-        doc_matrices[i] = matrix
-    truncated = encoder.truncated_tokens(texts)
+    if stale:
+        encoded = iter(encoder.encode_documents([texts[i][a:b] for i in stale for a, b in pieces[i]], show_progress=False))
+        for i in stale:
+            doc_matrices[i] = torch.cat([next(encoded) for _ in pieces[i]])
+    truncated = [0 if layout else cut for layout, cut in zip(layouts, encoder.truncated_tokens(texts))]
     citations = []
     for (doc_id, text), matrix, (_, spans), cut in zip(documents, doc_matrices, doc_spans, truncated):
         similarity = query_matrix @ matrix.float().T  # (query rows, document rows)
@@ -103,6 +111,23 @@ def cite(encoder: Encoder, query: str, documents: Sequence[tuple[str, str]], pas
         encoded = int(spans[:, 1].max()) if len(spans) and spans[:, 1].max() > 0 else 0
         citations.append(Citation(doc_id, float(best.sum()), matches, highlights, start, end, encoded, cut > 0, len(text)))
     return citations
+
+
+def _spans_of_pieces(encoder: Encoder, texts: Sequence[str], pieces: Sequence[Sequence[tuple[int, int]]]
+                     ) -> list[tuple[list[str], np.ndarray]]:
+    """Per text, the token strings and character spans of its encoding made of ``pieces``
+    (character ranges encoded one by one, in order: its passages, or the whole text)."""
+    flat = encoder.token_spans([text[a:b] for text, parts in zip(texts, pieces) for a, b in parts])
+    out, position = [], 0
+    for parts in pieces:
+        tokens: list[str] = []
+        spans = []
+        for (a, _), piece in zip(parts, flat[position : position + len(parts)]):
+            tokens += piece.tokens
+            spans.append(np.where(piece.spans >= 0, piece.spans + a, piece.spans))
+        position += len(parts)
+        out.append((tokens, np.concatenate(spans)))
+    return out
 
 
 def _has_word(text: str, start: int, end: int) -> bool:

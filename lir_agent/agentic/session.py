@@ -40,6 +40,7 @@ from ..formatting import CHARS_PER_TOKEN, approximate_tokens
 from ..index import SearchHit, check_k, check_matrix
 from ..text import check_text
 from .citations import Highlight, best_window, cite
+from .context import assemble_context
 
 TRACE_FORMAT = "lir-agent-session"
 TRACE_VERSION = 1
@@ -340,12 +341,15 @@ class SearchSession:
             windows = [(c.passage_start, c.passage_end, c.highlights, c.truncated, c.encoded_chars) for c in
                        cite(encoder, query, [(h.id, h.text) for h in found], passage_chars,
                             query_matrix=query_matrix if encoded_query else None,
-                            doc_matrices=[self._stored_matrix(h.id) for h in found])]
+                            doc_matrices=[self._stored_matrix(h.id) for h in found],
+                            layouts=[self._layout(h.id) for h in found])]
         else:
             windows = [(*best_window(h.text, [], passage_chars), [], h.truncated_tokens > 0, None) for h in found]
         seen_before = self.seen
         hits, used = [], 0
         for hit, (start, end, highlights, truncated, encoded_chars) in zip(found, windows):
+            if len(hit.passages) > 1:  # a long document: the window is its best passages, or within the best one
+                start, end = self._passage_window(hit, highlights, passage_tokens)
             passage = hit.text[start:end]
             while passage and self.count_tokens(passage) > passage_tokens:  # a tokenizer denser than 4 chars/token
                 end = start + int(len(passage) * 0.9)
@@ -376,6 +380,27 @@ class SearchSession:
         order = sorted(range(len(kept)), key=lambda i: -float(scores[i]))[:k]
         return [replace(kept[i][0], score=float(scores[i]), rank=rank) for rank, i in enumerate(order, start=1)]
 
+    def _passage_window(self, hit: Any, highlights: Sequence[Highlight], passage_tokens: int) -> tuple[int, int]:
+        """The span handed out for a hit stored as passages: the best-scoring window that context
+        assembly makes of its passages within ``passage_tokens``; when not even one passage fits,
+        the best window around the highlights inside its best passage."""
+        context = assemble_context([hit], passage_tokens, self.count_tokens)
+        if context.windows:
+            best = max(context.windows, key=lambda w: w.score)
+            return best.start, best.end
+        top = hit.passages[0]
+        inside = [h for h in highlights if top.start <= h.start and h.end <= top.end]
+        start, end = best_window(hit.text[top.start:top.end], [replace(h, start=h.start - top.start, end=h.end - top.start)
+                                                               for h in inside], passage_tokens * CHARS_PER_TOKEN)
+        return top.start + start, top.start + end
+
+    def _layout(self, doc_id: str) -> Any:
+        """The passages a hit was stored as (None: one; or gone since the search)."""
+        try:
+            return self.index.get(doc_id).passages
+        except DocumentNotFoundError:
+            return None
+
     def _stored_matrix(self, doc_id: str) -> Any:
         """The index's stored token matrix of a hit (its citation then needs no encoder run), or
         None if it is gone (deleted since the search)."""
@@ -394,7 +419,8 @@ class SearchSession:
         if isinstance(start, bool) or not isinstance(start, int) or start < 0:
             raise InvalidInputError(f"start must be a non-negative integer, got {start!r}")
         max_tokens = self.passage_tokens if max_tokens is None else _checked("max_tokens", max_tokens, check_k)
-        text = self.index.get(doc_id).text
+        document = self.index.get(doc_id)
+        text = document.text
         if start >= len(text):
             raise InvalidInputError(f"start={start} is past the end of document {doc_id!r} ({len(text)} characters)")
         budget = self.budget
@@ -403,8 +429,9 @@ class SearchSession:
             if budget.tokens_left < MIN_PASSAGE_TOKENS:
                 return ReadResult(doc_id, start, start, "", len(text), start, 0, budget, TOKENS_SPENT)
         end = min(len(text), start + max_tokens * CHARS_PER_TOKEN)
-        if end < len(text):
-            cut = text.rfind(" ", start + 1, end)
+        if end < len(text):  # pages end at a passage's end where one lies in the window, else at a word's
+            passage_ends = [b for _, b, _ in document.passages or () if start < b <= end]
+            cut = max(passage_ends) if passage_ends else text.rfind(" ", start + 1, end)
             end = cut if cut > start else end
         window = text[start:end]
         while window and self.count_tokens(window) > max_tokens:

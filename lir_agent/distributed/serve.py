@@ -86,7 +86,8 @@ def check_request(request: SearchRequest, limits: Limits) -> list[str]:
 
 
 def hits_json(hits: Any) -> dict[str, Any]:
-    return {"hits": [{"id": h.id, "score": h.score, "rank": h.rank, "text": h.text, "metadata": h.metadata}
+    return {"hits": [{"id": h.id, "score": h.score, "rank": h.rank, "text": h.text, "metadata": h.metadata,
+                      "passages": [{"start": p.start, "end": p.end, "score": p.score} for p in h.passages]}
                      for h in hits],
             "partial": hits.partial, "missing_shards": list(hits.missing_shards)}
 
