@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 README = REPO / "README.md"
 TESTED_EXAMPLES = ["agent_session.py", "distributed_quickstart.py", "langchain_agent.py", "llamaindex_agent.py",
-                   "multihop_agent.py", "quickstart.py"]
+                   "long_context.py", "multihop_agent.py", "quickstart.py"]
 # Paragraphs the examples index here: the answers to all their questions are among them, and two of
 # the five flute sonatas that quickstart's filtered search (k=3) is restricted to.
 LIMIT = 63
@@ -142,6 +142,22 @@ def test_multihop_agent_finds_the_film_in_the_second_hop(sample_index):
     assert re.search(r"^\[\d\] hotpotqa_train100-p30 \(hop \d\) 'Maximum Overdrive'", output, re.M)
     assert re.search(r"^    matched: .*'1986' <- 1986", output, re.M)  # highlights: words of the passage the query matched
     assert "stopped: max hops: 2 hops" in output
+
+
+def test_long_context_finds_each_answer_inside_a_long_volume():
+    output = run_example("long_context.py")
+    assert re.search(r"^volume-2: \d+ characters, \d+ passages", output, re.M)
+    answers = {"Who directed the 1986 film Maximum Overdrive?": ("volume-2", "directed by Stephen King"),
+               "What is the population of Leland, North Carolina?": ("volume-2", "13,527"),
+               "Who created the collectible dice game Demon Dice?": ("volume-1", "Lester Smith")}
+    blocks = output.split("\n> ")[1:]
+    assert [b.splitlines()[0] for b in blocks] == list(answers)
+    for block, (volume, answer) in zip(blocks, answers.values()):
+        assert re.search(rf"^  1\. {volume} ", block, re.M)  # the volume holding the answer ranks first
+        windows = [line for line in block.splitlines() if line.startswith(f"  [{volume} ")]
+        assert any(answer in line for line in windows)  # and its window, with a citation, holds the answer
+        used, budget = map(int, re.search(r"context \((\d+) tokens of (\d+)\)", block).groups())
+        assert used <= budget
 
 
 def test_distributed_quickstart_matches_the_local_index_quietly(sample_index):

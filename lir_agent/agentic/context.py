@@ -12,7 +12,7 @@ the total never exceeds the budget as the given token counter counts it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..errors import InvalidInputError
 from ..formatting import TokenCounter, approximate_tokens
@@ -59,10 +59,11 @@ def _merged(spans: list[tuple[int, int, float]]) -> list[tuple[int, int, float]]
 def assemble_context(hits: Sequence[Any], max_tokens: int, count_tokens: TokenCounter = approximate_tokens) -> Context:
     """The best passages of ``hits`` (objects with ``id``, ``text``, ``score`` and ``passages``:
     search hits) as windows within ``max_tokens`` (see the module docstring): the returned text,
-    citations and separators included, counts at most ``max_tokens`` with ``count_tokens``. A
-    passage that does not fit any more is skipped (a smaller one after it may still fit); a hit
-    without scored passages stands for its whole text. Raises InvalidInputError for a budget
-    below one token."""
+    citations and separators included, counts at most ``max_tokens`` with ``count_tokens``. When
+    the best passage alone is longer than the budget, its beginning is taken, cut at a word; a
+    later passage that does not fit any more is skipped (a smaller one after it may still fit).
+    A hit without scored passages stands for its whole text. Raises InvalidInputError for a
+    budget below one token."""
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise InvalidInputError(f"max_tokens must be a positive integer, got {max_tokens!r}")
     texts = {hit.id: hit.text for hit in hits}
@@ -71,11 +72,30 @@ def assemble_context(hits: Sequence[Any], max_tokens: int, count_tokens: TokenCo
     chosen: dict[str, list[tuple[int, int, float]]] = {}  # insertion order: documents by their best passage
     context = _context(texts, chosen, count_tokens)
     for score, doc_id, start, end in candidates:
-        trial = {**chosen, doc_id: chosen.get(doc_id, []) + [(start, end, score)]}
-        attempt = _context(texts, trial, count_tokens)
-        if attempt.tokens <= max_tokens:
-            chosen, context = trial, attempt
+        def attempt(stop: int) -> tuple[dict, Context]:
+            trial = {**chosen, doc_id: chosen.get(doc_id, []) + [(start, stop, score)]}
+            return trial, _context(texts, trial, count_tokens)
+
+        trial, tried = attempt(end)
+        if tried.tokens > max_tokens and not chosen:  # the best passage alone is too long: its longest
+            stop = _longest_fit(texts[doc_id], start, end, lambda e: attempt(e)[1].tokens <= max_tokens)
+            trial, tried = attempt(stop) if stop > start else (trial, tried)  # beginning that fits, cut at a word
+        if tried.tokens <= max_tokens:
+            chosen, context = trial, tried
     return context
+
+
+def _longest_fit(text: str, start: int, end: int, fits: Callable[[int], bool]) -> int:
+    """The largest word end e in (start, end] with fits(e) (binary search), or start if none."""
+    ends = [i for i in range(start + 1, end) if text[i].isspace() and not text[i - 1].isspace()]
+    low, high = 0, len(ends)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(ends[mid - 1]):
+            low = mid
+        else:
+            high = mid - 1
+    return ends[low - 1] if low else start
 
 
 def _context(texts: dict[str, str], chosen: dict[str, list[tuple[int, int, float]]],
