@@ -4,7 +4,7 @@ import sys
 
 import torch
 
-from lir_agent import Index
+from lir_agent import Document, Index
 
 DIM = 384
 DOCS_PER_ADD = 40
@@ -21,8 +21,9 @@ def operations(count: int):
             ops.append(("delete", [f"d{j - 1}-{i}" for i in range(0, DOCS_PER_ADD, 3)]))
         elif j % 5 == 4:
             ops.append(("rewrite",))
-        elif j % 7 == 6:
-            ops.append(("upsert", [(f"d{j - 2}-{i}", f"new text {j}-{i}", 10_000 + j * 100 + i) for i in range(10)]))
+        elif j % 7 == 6:  # with a long document stored as passages, written (and replaced) as one row
+            ops.append(("upsert", [(f"d{j - 2}-{i}", f"new text {j}-{i}", 10_000 + j * 100 + i) for i in range(10)]
+                        + [("long", f"a long text, version {j}. " * 20, 20_000 + j)]))
         else:
             ops.append(("add", [(f"d{j}-{i}", f"text {j}-{i}", j * 100 + i) for i in range(DOCS_PER_ADD)]))
     return ops
@@ -33,9 +34,16 @@ def embedding(seed: int) -> torch.Tensor:
     return torch.nn.functional.normalize(torch.randn(20 + seed % 30, DIM, generator=g), dim=1)
 
 
+def passages_of(text: str, matrix: torch.Tensor) -> list[tuple[int, int, int]]:
+    """Three passages over ``text`` (overlapping by 10 characters) sharing the rows of ``matrix``."""
+    third, rows = len(text) // 3, matrix.shape[0] // 3
+    return [(0, third + 10, rows), (third, 2 * third + 10, rows), (2 * third, len(text), matrix.shape[0] - 2 * rows)]
+
+
 def apply(index: Index, op) -> None:
     if op[0] in ("add", "upsert"):
-        docs = [{"id": i, "text": t, "metadata": {"seed": s}} for i, t, s in op[1]]
+        docs = [Document(i, t, {"seed": s}, passages=passages_of(t, embedding(s)) if i == "long" else None)
+                for i, t, s in op[1]]
         index.add(docs, embeddings=[embedding(s) for _, _, s in op[1]], upsert=op[0] == "upsert")
     elif op[0] == "delete":
         index.delete(op[1], missing_ok=True)

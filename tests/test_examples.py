@@ -215,6 +215,7 @@ def test_readme_python_snippets_run(tmp_path):
     assert "[(1, 'rome'), (2, 'berlin')]" in output  # the agent layer's session: no repeat across hops
     assert "['journal', 'society', " in output  # a multi-hop strategy: the bridge document, then the answer's
     assert "[(1, 3), (2, 1)] max hops: 2 hops" in output
+    assert "annals True" in output  # a long document: its best passage holds the needle
 
 
 def test_default_encoder_without_its_package_names_the_install_command(monkeypatch):

@@ -188,3 +188,22 @@ def test_sessions_hand_out_a_long_documents_best_passages(long_index):
     assert read.end in ends or read.text.endswith((" ", ".")) or read.end == len(long_index.get("long-0").text)
     follow = session.read("long-0", start=read.next_start, max_tokens=120)
     assert follow.start == read.end  # pages follow each other: no text handed out twice
+
+
+@pytest.mark.slow
+def test_a_document_of_100k_tokens_indexes_and_its_needle_is_found(tmp_path, encoder, caplog):
+    """About 100,000 tokens in one document: encoded passage by passage, no truncation warning,
+    and the one sentence that answers the query is in the best passage."""
+    rng = random.Random(5)
+    sentences = [f"Entry {i} records {rng.choice(TOPICS)} near {rng.choice(TOPICS)}." for i in range(9000)]
+    sentences[6123] = "The lighthouse keeper Ottoline Brask counted four hundred storm petrels."
+    text = " ".join(sentences)
+    index = Index.create(tmp_path / "idx", encoder=encoder, index_type="exact")
+    with caplog.at_level("WARNING"):
+        index.add([{"id": "ledger", "text": text}, {"id": "other", "text": long_text(9)}])
+    assert not [r for r in caplog.records if "longer than the encoder" in r.getMessage()]
+    doc = index.get("ledger")
+    assert sum(n for _, _, n in doc.passages) > 100_000 and doc.truncated_tokens == 0
+    hit = index.search("who counted the storm petrels at the lighthouse?", k=1)[0]
+    best = hit.passages[0]
+    assert hit.id == "ledger" and "Ottoline Brask counted" in text[best.start:best.end]
