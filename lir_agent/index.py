@@ -709,8 +709,9 @@ class Index:
         off each document (counted in :meth:`info`); ``embeddings_from_text``: they are this
         index's encoder's encoding of the texts (a sharded index encodes for its shards), so a
         re-train may encode the texts again. Other given embeddings are marked (``Document.embedded``):
-        a re-train can only take their decoded vectors. Texts longer than the encoder's
-        ``document_length`` are cut (one warning per write). A write that takes codec drift past
+        a re-train can only take their decoded vectors. Texts longer than one passage are
+        stored as passages (:mod:`lir_agent.passages`; with ``passage_tokens=0`` they are cut at
+        the encoder's ``document_length``, one warning per write). A write that takes codec drift past
         DRIFT_THRESHOLD logs a warning (with ``auto_optimize``, re-trains instead). Nothing is
         written unless every document is valid.
         """

@@ -74,3 +74,20 @@ def test_cuda_matches_cpu(corpus, queries):
     gpu = maxsim_topk(queries, packed.tokens.cuda(), packed.offsets, 10)
     torch.testing.assert_close(gpu[0].cpu(), cpu[0], atol=2e-2, rtol=1e-3)
     assert (gpu[1].cpu() == cpu[1]).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_documents_longer_than_a_chunk_are_cut_into_pieces_and_scored_whole(masked):
+    """Documents of up to 3,000 tokens with 256-token chunks: each is scored in pieces, across
+    chunk boundaries, and its score is still MaxSim over all its tokens."""
+    docs = random_matrices(40, 16, seed=3, min_len=1, max_len=3000)
+    queries = random_matrices(3, 16, seed=4, min_len=4, max_len=12)
+    packed = PackedEmbeddings.from_list(docs, 16)
+    mask = torch.tensor([i % 3 != 0 for i in range(len(docs))]) if masked else None
+    scores, ids = maxsim_topk(queries, packed.tokens, packed.offsets, k=40, doc_mask=mask, max_chunk_bytes=256 * 4 * 28)
+    assert max(d.shape[0] for d in docs) > 2000
+    for q, query in enumerate(queries):
+        expected = naive_maxsim(query, docs)
+        eligible = [i for i in range(len(docs)) if mask is None or mask[i]]
+        assert sorted(ids[q].tolist()) == eligible
+        torch.testing.assert_close(scores[q].double(), expected[ids[q]], atol=1e-4, rtol=1e-5)
