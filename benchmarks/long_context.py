@@ -188,6 +188,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--min-grade", type=int, default=1,
                         help="judgements at least this grade are needles (MS MARCO's pool: 3, its most relevant)")
+    parser.add_argument("--queries", type=int, help="only the first this many judged queries (default: all)")
     parser.add_argument("--latency", type=int, metavar="QUERIES",
                         help="only re-measure search p50 on the cached indexes, over this many queries in one loop")
     args = parser.parse_args()
@@ -199,6 +200,7 @@ def main() -> None:
     encoder = Encoder.from_pretrained("default")
     qrels = {q: [d for d, rel in judged.items() if rel >= args.min_grade] for q, judged in data.qrels.items()}
     queries = {q: text for q, text in data.queries.items() if qrels.get(q)}
+    queries = dict(list(queries.items())[: args.queries])
     if args.latency:
         lengths = [int(x) for x in args.lengths.split(",")]
         p50 = latency(args.corpus, lengths, queries, encoder, args.latency)

@@ -268,8 +268,8 @@ def test_long_documents_cut_by_the_encoder_are_warned_about_and_counted(tmp_path
     full = len(encoder.tokenizer(long_text, add_special_tokens=True, verbose=False)["input_ids"])
     expected_cut = full - limit + (encoder.settings.document_prefix is not None)
     assert encoder.truncated_tokens(["short text", long_text]) == [0, expected_cut]
-    for index in (Index.create(tmp_path / "one", encoder, index_type="exact"),
-                  ShardedIndex.create(tmp_path / "sharded", 2, encoder)):
+    for index in (Index.create(tmp_path / "one", encoder, index_type="exact", passage_tokens=0),  # cut, not passages
+                  ShardedIndex.create(tmp_path / "sharded", 2, encoder, passage_tokens=0)):
         caplog.clear()
         with caplog.at_level("WARNING", logger="lir_agent.index"):
             index.add([{"id": "long", "text": long_text}, {"id": "long2", "text": long_text},

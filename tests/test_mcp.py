@@ -307,7 +307,8 @@ def test_http_sessions_are_per_client_and_the_token_is_required(index_dir, encod
 
     async def search(client: Client) -> list[str]:
         data = answer(await client.call_tool("search", {"query": QUERY}))[1]
-        assert all(hit["start"] == 0 and hit["highlights"] == [] for hit in data["hits"])   # --no-cite
+        assert all(hit["highlights"] == [] and (hit["start"] == 0 or index.get(hit["id"]).passages)
+                   for hit in data["hits"])   # --no-cite: a document's start, or a long one's best passage
         return ids(data)
 
     async def run():

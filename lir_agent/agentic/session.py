@@ -227,7 +227,8 @@ class SearchSession:
     may return hits; ``max_tokens``: tokens of document text (passages and reads) the session
     may hand out in all; ``passage_tokens``: the longest passage per hit; ``cite``: passages are
     the best window around each hit's MaxSim alignment (re-encodes the k hits: see
-    :mod:`~lir_agent.agentic.citations`), else each document's beginning; ``count_tokens``: the
+    :mod:`~lir_agent.agentic.citations`), else each document's beginning (a document stored as
+    passages: its best passages, which the engine scored, either way); ``count_tokens``: the
     model's token counter (default: four characters a token). Not for sharing between threads:
     one session per agent run.
     """
