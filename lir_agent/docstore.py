@@ -30,7 +30,7 @@ import logging
 import math
 import sqlite3
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -87,9 +87,10 @@ def create_field_indexes(connection: sqlite3.Connection, fields: Iterable[str]) 
 
 
 class DocumentWriter:
-    """Writes the documents of a new segment, in row order, into a fresh database at ``path``."""
+    """Writes the documents of a new segment, in row order, into a fresh database at ``path``
+    (``":memory:"``: one in memory)."""
 
-    def __init__(self, path: Path, indexed_fields: Sequence[str]):
+    def __init__(self, path: Path | str, indexed_fields: Sequence[str]):
         self.path, self.indexed_fields = path, list(indexed_fields)
         self.connection = _connect(str(path))
         self.connection.execute("PRAGMA journal_mode = OFF")  # a new file no manifest names yet:
@@ -110,11 +111,14 @@ class DocumentWriter:
         self.connection.executemany(f"INSERT INTO docs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", self.pending)
         self.pending = []
 
-    def finish(self) -> None:
+    def finish(self, close: bool = True) -> sqlite3.Connection:
+        """Commits (and closes, unless ``close`` is False); returns the connection."""
         self._flush()
         create_field_indexes(self.connection, self.indexed_fields)
         self.connection.execute("COMMIT")
-        self.connection.close()
+        if close:
+            self.connection.close()
+        return self.connection
 
 
 class DocumentStore:
@@ -142,19 +146,14 @@ class DocumentStore:
         """A store in memory (for a segment of the older format, whose documents are in JSON
         lines). NaN and infinite numbers in their metadata, which that format accepted and JSON
         cannot hold, become null (logged)."""
-        connection = _connect(":memory:")
-        connection.execute(_SCHEMA)
+        writer = DocumentWriter(":memory:", indexed_fields)
         replaced = [0]
-        rows = [(row, d.id, json.dumps(_finite(d.metadata, replaced), ensure_ascii=False, allow_nan=False),
-                 int(d.truncated_tokens), int(d.embedded), None, d.text) for row, d in enumerate(documents)]
+        for doc in documents:
+            writer.append(replace(doc, metadata=_finite(doc.metadata, replaced)))
         if replaced[0]:
             logger.warning("%s: %d NaN or infinite metadata values read as null (JSON cannot hold them)", where,
                            replaced[0])
-        with connection:
-            connection.execute("BEGIN")
-            connection.executemany(f"INSERT INTO docs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-        create_field_indexes(connection, indexed_fields)
-        return cls(connection, len(rows), where)
+        return cls(writer.finish(close=False), writer.rows, where)
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return list(self._rows(sql, params))
@@ -198,12 +197,6 @@ class DocumentStore:
     def ids(self) -> Iterator[tuple[int, str]]:
         """(row, id) of every row, in row order."""
         return self._rows("SELECT row, id FROM docs ORDER BY row")
-
-    def id_hashes(self) -> np.ndarray:
-        """(num_docs,) uint32: the CRC-32 of each row's id (see :func:`lir_agent.storage.id_hash`)."""
-        from .storage import id_hash
-
-        return np.fromiter((id_hash(i) for _, i in self.ids()), np.uint32, self.num_docs)
 
     # ------------------------------------------------------------- filters and counts
     def matching(self, compiled: CompiledFilter) -> np.ndarray:

@@ -35,7 +35,7 @@ from .errors import (
 )
 from .engines.pipeline import Ranked, Round, StaleSearchError, run_search
 from .filters import Filter, compile_filter, field_expressions
-from .passages import HitPassage, check_passage_settings, search_depth, with_passages
+from .passages import HitPassage, check_passage_settings, passage_settings_of, search_depth, with_passages
 from .text import check_json, check_text
 MAX_K = 100_000
 MAX_SEGMENTS = 32  # above this many segments a write also compacts
@@ -164,23 +164,23 @@ def document_matrices(docs: Sequence[Document], embeddings: Sequence[Any] | None
                                         f"tokens, its embeddings {matrix.shape[0]}")
         return matrices, [0] * len(docs), [doc.passages for doc in docs]
     model = encoder()
-    texts = [d.text for d in docs]
-    matrices, layouts = encode_texts(model, texts, passages, batch_size, show_progress)
+    matrices, truncated, layouts = encode_texts(model, [d.text for d in docs], passages, batch_size, show_progress)
     for doc, matrix in zip(docs, matrices):
         if matrix.shape[0] == 0:
             raise InvalidInputError(f"document {doc.id!r} has no tokens left after encoding")
-    truncated = [0] * len(docs) if passages else model.truncated_tokens(texts)
     warn_truncated(truncated, model.settings.document_length)
     return matrices, truncated, layouts
 
 
 def encode_texts(model: Encoder, texts: Sequence[str], passages: tuple[int, int] | None, batch_size: int = 32,
-                 show_progress: bool | None = None) -> tuple[list[torch.Tensor], list[Any]]:
-    """Token matrices of ``texts`` and their passage layouts (None for a text of one passage);
-    with ``passages`` (tokens, overlap) long texts are encoded passage by passage (all passages
-    of all texts in the encoder's batches) and each text's matrix is its passages' rows in order."""
+                 show_progress: bool | None = None) -> tuple[list[torch.Tensor], list[int], list[Any]]:
+    """Token matrices of ``texts``, the tokens the encoder cut off each, and their passage
+    layouts (None for a text of one passage); with ``passages`` (tokens, overlap) long texts are
+    encoded passage by passage (all passages of all texts in the encoder's batches), nothing is
+    cut, and each text's matrix is its passages' rows in order."""
     if not passages:
-        return model.encode_documents(texts, batch_size=batch_size, show_progress=show_progress), [None] * len(texts)
+        matrices = model.encode_documents(texts, batch_size=batch_size, show_progress=show_progress)
+        return matrices, model.truncated_tokens(texts), [None] * len(texts)
     spans = model.passage_spans(texts, *passages)
     encoded = model.encode_documents([text[a:b] for text, parts in zip(texts, spans) for a, b in parts],
                                      batch_size=batch_size, show_progress=show_progress)
@@ -190,7 +190,7 @@ def encode_texts(model: Encoder, texts: Sequence[str], passages: tuple[int, int]
         position += len(parts)
         matrices.append(chunk[0] if len(chunk) == 1 else torch.cat(chunk))
         layouts.append(None if len(parts) == 1 else [(a, b, int(m.shape[0])) for (a, b), m in zip(parts, chunk)])
-    return matrices, layouts
+    return matrices, [0] * len(texts), layouts
 
 
 def warn_truncated(truncated: Sequence[int], document_length: int) -> None:
@@ -530,10 +530,9 @@ class Index:
 
     @property
     def passage_settings(self) -> tuple[int, int] | None:
-        """(passage tokens, overlap) of long texts, or None when they are cut (passage_tokens=0,
-        and indexes written before passages existed)."""
-        passages = self._state.manifest.get("passages") or {}
-        return (passages["tokens"], passages["overlap"]) if passages.get("tokens") else None
+        """(passage tokens, overlap) of long texts, or None when they are cut (see
+        :func:`~lir_agent.passages.passage_settings_of`)."""
+        return passage_settings_of(self._state.manifest)
 
     @property
     def indexed_fields(self) -> list[str]:
@@ -887,7 +886,7 @@ class Index:
         for s in segments:
             segment = state.segments[s]
             manifest["segments"][s] = {**storage.rewrite_documents(
-                self.path, segment.entry, segment.docs, segment.docs.id_hashes(), manifest.get("indexed_fields", []),
+                self.path, segment.entry, segment.docs, segment.id_hashes, manifest.get("indexed_fields", []),
                 manifest["generation"] + 1), "deleted": manifest["segments"][s]["deleted"]}
 
     def _write_rows(self, manifest: dict[str, Any], docs: Iterable[Document], lengths: Sequence[int],

@@ -58,6 +58,13 @@ def check_passage_settings(passage_tokens: int, passage_overlap: int, document_l
                                 f"got {passage_overlap}")
 
 
+def passage_settings_of(manifest: dict[str, Any]) -> tuple[int, int] | None:
+    """(passage tokens, overlap) an index's manifest names, or None when long texts are cut
+    (``passage_tokens=0``, and indexes written before passages existed)."""
+    passages = manifest.get("passages") or {}
+    return (passages["tokens"], passages["overlap"]) if passages.get("tokens") else None
+
+
 def split_passages(offsets: Sequence[tuple[int, int]], text: str, budget: int, overlap: int) -> list[tuple[int, int]]:
     """Character spans of the passages of ``text``, given its tokens' character ``offsets``
     (no special tokens): windows of at most ``budget`` tokens, each starting ``overlap`` tokens
@@ -119,9 +126,8 @@ def with_passages(index: Any, queries: Sequence[torch.Tensor], ranked: list[list
                 matrix = index.get_embeddings(doc.id) if len(layout) > 1 else None
             except DocumentNotFoundError:  # deleted since the ranking: its passages go unscored
                 matrix = None
-            if matrix is None:
-                passages = [HitPassage(0, 0, len(doc.text), score)] if len(layout) > 1 else \
-                    [HitPassage(0, layout[0][0], layout[0][1], score)]
+            if matrix is None:  # one passage (the whole text), or deleted since the ranking
+                passages = [HitPassage(0, 0, len(doc.text), score)]
             else:
                 values = passage_scores(query, matrix, [p[2] for p in layout])
                 passages = sorted((HitPassage(i, a, b, s) for i, ((a, b, _), s) in enumerate(zip(layout, values))),

@@ -37,7 +37,7 @@ from .errors import DocumentNotFoundError, DuplicateIdError, IndexCorruptedError
 from .filters import Filter, compile_filter
 from .index import (Document, Index, as_documents, check_encoder, check_fields, check_exclude_ids, check_k,
                     document_matrices, hit_of, query_matrices)
-from .passages import search_depth, with_passages
+from .passages import passage_settings_of, search_depth, with_passages
 
 SHARDS_FILE = "shards.json"
 FORMAT_NAME = "lir-agent-sharded"
@@ -360,8 +360,7 @@ class ShardedIndex:
     @property
     def passage_settings(self) -> tuple[int, int] | None:
         """(passage tokens, overlap) of long texts, the same in every shard (see :meth:`Index.passage_settings`)."""
-        passages = storage.read_manifest(self.path / self.layout["shards"][0]).get("passages") or {}
-        return (passages["tokens"], passages["overlap"]) if passages.get("tokens") else None
+        return passage_settings_of(storage.read_manifest(self.path / self.layout["shards"][0]))
 
     @property
     def indexed_fields(self) -> list[str]:

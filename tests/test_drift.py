@@ -36,7 +36,7 @@ def test_optimize_re_encodes_texts_and_equals_a_full_build(tmp_path, encoder, do
     full.add(documents)
     ids = [d["id"] for d in documents]
     new_ids = ids[BASE:]
-    originals, _ = encode_texts(encoder, [full.get(i).text for i in new_ids], full.passage_settings)  # long ones as passages
+    originals, _, _ = encode_texts(encoder, [full.get(i).text for i in new_ids], full.passage_settings)  # long ones as passages
 
     def error(index: Index) -> float:  # mean distance of the stored vectors of the new documents to their originals
         return float(np.mean([np.linalg.norm(d - o.float().numpy(), axis=1).mean()

@@ -37,8 +37,7 @@ class EncoderActor:
                ) -> tuple[list[np.ndarray], list[int], list[Any]]:
         """Float16 (n_tokens, dim) token matrices of ``texts``, the tokens cut off each, and
         their passage layouts (``passages``: see :func:`lir_agent.index.encode_texts`)."""
-        matrices, layouts = encode_texts(self.encoder, texts, passages, batch_size, show_progress=False)
-        truncated = [0] * len(texts) if passages else self.encoder.truncated_tokens(texts)
+        matrices, truncated, layouts = encode_texts(self.encoder, texts, passages, batch_size, show_progress=False)
         return [m.to(torch.float16).numpy() for m in matrices], truncated, layouts
 
 
